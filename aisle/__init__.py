@@ -1,0 +1,1 @@
+"""aisle: e-commerce search and recommendation served by NVIDIA Triton Inference Server."""

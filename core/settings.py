@@ -1,0 +1,99 @@
+"""Typed configuration, read once from ``AISLE_*`` environment variables and validated at start-up.
+
+Every process (CLI, gateway, workers) calls :func:`get_settings` once. A bad value stops the
+process with a message naming the variable, never a traceback deep inside a request.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+EVENT_TYPES = ("view", "click", "cart", "purchase", "review")
+
+
+class ConfigurationError(ValueError):
+    """The configuration is invalid; the message says which variable and why."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AISLE_", extra="ignore", frozen=True)
+
+    # Where `aisle up` keeps its state file, logs and the embedded Postgres/Redis data.
+    run_dir: Path = REPO_ROOT / ".aisle"
+    # External services; when unset, `aisle up` starts embedded ones and records their URLs.
+    database_url: str | None = None
+    redis_url: str | None = None
+    triton_url: str | None = Field(None, description="Triton gRPC address host:port")
+    gateway_address: str | None = Field(None, description="gateway gRPC address host:port")
+
+    model_repository: Path = REPO_ROOT / "model_repository"
+    # Deadline for one Triton call from workers and the gateway (seconds).
+    triton_timeout_s: float = Field(30.0, gt=0)
+
+    # Embedding model version that reads and writes use; a new encoder is written beside the old
+    # one under a new version and switched by changing this (or `aisle db activate-embedding`).
+    embedding_model: str = "all-MiniLM-L6-v2@1"
+
+    # Event weights for profiles and popularity (purchase signals intent far more than a view).
+    event_weights: dict[str, float] = {"view": 1.0, "click": 2.0, "cart": 4.0, "purchase": 8.0, "review": 6.0}
+    # Half-life of an event's weight in profiles and popularity, in days.
+    event_half_life_days: float = Field(30.0, gt=0)
+
+    # Comma-separated API keys for the gateway; empty means no authentication.
+    api_keys: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator("event_weights", mode="before")
+    @classmethod
+    def _parse_weights(cls, value):
+        if isinstance(value, str):
+            value = json.loads(value)
+        unknown = set(value) - set(EVENT_TYPES)
+        if unknown:
+            raise ValueError(f"unknown event types {sorted(unknown)}; known: {list(EVENT_TYPES)}")
+        if any(float(w) < 0 for w in value.values()):
+            raise ValueError("event weights must be >= 0")
+        return {t: float(value.get(t, 0.0)) for t in EVENT_TYPES}
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value):
+        if isinstance(value, str):
+            value = tuple(k.strip() for k in value.split(",") if k.strip())
+        return tuple(value)
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_db_url(cls, value):
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value):
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis:// URL")
+        return value
+
+
+def load_settings(**overrides) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"AISLE_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid configuration: {problems}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

