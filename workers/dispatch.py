@@ -1,0 +1,147 @@
+"""Running jobs: the Celery path (a tick opens or joins the job's run and dispatches id ranges
+as tasks) and the batch path (`aisle refresh` processes the same ranges in-process)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from workers import runs
+from workers.jobs import BATCH_JOBS, GRAPH
+from workers.jobs.base import BatchJob, Deps, plan
+
+Enqueue = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class TickResult:
+    run: runs.Run | None
+    started: bool
+    dispatched: int
+
+
+def tick(deps: Deps, job: BatchJob, enqueue: Enqueue) -> TickResult:
+    """Open a run when there is work and none is open; finish it when the backlog is empty;
+    dispatch the backlog again when the open run has stalled (tasks lost with a dead worker)."""
+    conn = deps.conn
+    with conn.transaction():
+        runs.lock(conn, job.name)
+        backlog = job.backlog(conn)
+        run = runs.open_run(conn, job.name)
+        if run is None and backlog.pending == 0:
+            return TickResult(None, False, 0)
+        if run is not None and backlog.pending == 0:
+            runs.finish(conn, run.id)
+            return TickResult(runs.last_run(conn, job.name), False, 0)
+        started = run is None
+        if started:
+            run, _ = runs.start_or_join(conn, job.name, backlog.pending)
+        else:
+            runs.grow(conn, run.id, backlog.pending)
+        stalled = run.dispatched_at is None or _seconds_since(conn, run.dispatched_at) > deps.settings.redispatch_after_s
+        ranges = plan(job, conn, job.batch_size(deps.settings)) if stalled else []
+        if ranges:
+            runs.mark_dispatched(conn, run.id)
+    # Enqueue after commit: a task must never run before the run it reports to exists.
+    for first, last in ranges:
+        enqueue(job.name, first, last)
+    return TickResult(run, started, len(ranges))
+
+
+def _seconds_since(conn, when: datetime) -> float:
+    now = conn.execute("SELECT now()").fetchone()[0]
+    return (now - when).total_seconds()
+
+
+def process(deps: Deps, job: BatchJob, first: int, last: int) -> int:
+    """One task: process a range, then close the run if that was the last of its work."""
+    done = job.process(deps, first, last)
+    if done:
+        _finish_if_drained(deps, job)
+    return done
+
+
+def _finish_if_drained(deps: Deps, job: BatchJob) -> None:
+    conn = deps.conn
+    with conn.transaction():
+        run = runs.open_run(conn, job.name)
+        # The cheap check first: only a run that has counted all its rows looks at the backlog.
+        if run is None or run.done < run.total:
+            return
+        runs.lock(conn, job.name)
+        if job.backlog(conn).pending == 0:
+            runs.finish(conn, run.id)
+
+
+@dataclass
+class Progress:
+    done: int
+    total: int
+    started: float
+
+
+def run_inline(deps: Deps, job: BatchJob, on_progress: Callable[[Progress], None] | None = None) -> runs.Run:
+    """The batch path: join or open the job's run and work the backlog to the end here."""
+    conn = deps.conn
+    with conn.transaction():
+        runs.lock(conn, job.name)
+        run, _ = runs.start_or_join(conn, job.name, job.backlog(conn).pending)
+    progress = Progress(0, run.total, time.monotonic())
+    batch, after = job.batch_size(deps.settings), 0
+    while True:
+        with conn.transaction():
+            ids = job.pending_ids(conn, after, batch)
+        if not ids:
+            break
+        progress.done += job.process(deps, ids[0], ids[-1])
+        # Rows another worker holds are skipped here and left to it.
+        after = ids[-1]
+        if on_progress:
+            on_progress(progress)
+    with conn.transaction():
+        runs.lock(conn, job.name)
+        open_run = runs.open_run(conn, job.name)
+        if open_run and job.backlog(conn).pending == 0:
+            runs.finish(conn, open_run.id)
+    return runs.last_run(conn, job.name)
+
+
+def rebuild_graph(deps: Deps) -> runs.Run:
+    conn = deps.conn
+    with conn.transaction():
+        runs.lock(conn, GRAPH.name)
+        run, _ = runs.start_or_join(conn, GRAPH.name, GRAPH.backlog(conn).pending)
+    try:
+        GRAPH.rebuild(deps)
+    except Exception as exc:
+        with conn.transaction():
+            runs.finish(conn, run.id, error=f"{type(exc).__name__}: {exc}")
+        raise
+    with conn.transaction():
+        conn.execute("UPDATE job_runs SET done = total WHERE id = %s", (run.id,))
+        runs.finish(conn, run.id)
+    return runs.last_run(conn, GRAPH.name)
+
+
+@dataclass(frozen=True)
+class Freshness:
+    job: str
+    pending: int
+    lag_s: float | None
+    last_run: runs.Run | None
+
+
+def freshness(deps: Deps) -> list[Freshness]:
+    """Per job: rows pending, age of the oldest unprocessed change, and the last run."""
+    conn = deps.conn
+    out = []
+    with conn.transaction():
+        now = conn.execute("SELECT now()").fetchone()[0]
+        for job in (*BATCH_JOBS.values(), GRAPH):
+            backlog = job.backlog(conn)
+            lag = (now - backlog.oldest).total_seconds() if backlog.oldest and backlog.pending else 0.0
+            out.append(Freshness(job.name, backlog.pending, lag, runs.last_run(conn, job.name)))
+    return out
+

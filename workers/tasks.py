@@ -1,0 +1,56 @@
+"""Celery tasks: thin wrappers that take ids and call the plain job modules."""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+
+from core.db import DatabaseUnavailable
+from core.triton import TritonUnavailable
+from workers import dispatch, resources
+from workers.app import app
+from workers.jobs import BATCH_JOBS
+
+log = logging.getLogger(__name__)
+
+# Retry while Triton or Postgres is down: backoff doubling from 2 s up to 60 s, 30 tries
+# (about 25 minutes) before the task gives up and the run's stall redispatch takes over.
+RETRY = {
+    "autoretry_for": (TritonUnavailable, DatabaseUnavailable, psycopg.OperationalError),
+    "retry_backoff": 2,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": 30,
+}
+
+
+def _enqueue(job: str, first: int, last: int) -> None:
+    process.apply_async((job, first, last), queue=BATCH_JOBS[job].queue)
+
+
+@app.task(name="aisle.tick", acks_late=True, **RETRY)
+def tick(job: str) -> dict:
+    result = dispatch.tick(resources.deps(need_triton=False), BATCH_JOBS[job], _enqueue)
+    if result.dispatched:
+        log.info("job %s: run %s dispatched %d batches", job, result.run.id, result.dispatched)
+    return {"run": result.run.id if result.run else None, "dispatched": result.dispatched}
+
+
+@app.task(name="aisle.process", acks_late=True, **RETRY)
+def process(job: str, first: int, last: int) -> int:
+    spec = BATCH_JOBS[job]
+    return dispatch.process(resources.deps(need_triton=spec.queue == "triton"), spec, first, last)
+
+
+@app.task(name="aisle.rebuild_graph", acks_late=True, **RETRY)
+def rebuild_graph(force: bool = False) -> dict:
+    from workers.jobs import GRAPH
+
+    deps = resources.deps(need_triton=False)
+    if not force:
+        with deps.conn.transaction():
+            if GRAPH.backlog(deps.conn).pending == 0:
+                return {"run": None}
+    run = dispatch.rebuild_graph(deps)
+    return {"run": run.id}
