@@ -128,6 +128,11 @@ def stop_pid(pid: int, grace: float = 15, sig: int = signal.SIGTERM) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
+def aisle_command(*args: str) -> list[str]:
+    """argv running the `aisle` CLI with this interpreter."""
+    return [sys.executable, "-m", "aisle.cli", *args]
+
+
 # --- Postgres ------------------------------------------------------------------------------
 
 def _pg_bin() -> Path:

@@ -14,7 +14,6 @@ import fcntl
 import json
 import os
 import socket
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -141,10 +140,6 @@ def _service_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _aisle(*args: str) -> list[str]:
-    return [sys.executable, "-m", "aisle.cli", *args]
-
-
 def _http_ready(port: int) -> Callable[[], bool]:
     def ready() -> bool:
         with urllib.request.urlopen(f"http://{processes.LOOPBACK}:{port}/metrics", timeout=2) as r:
@@ -155,14 +150,14 @@ def _http_ready(port: int) -> Callable[[], bool]:
 
 def worker(settings: Settings, logs: Path) -> tuple[processes.ServerProcess, str]:
     port = _port("worker_metrics")
-    argv = _aisle("worker", "--queues", "triton,db", "--metrics-port", str(port))
+    argv = processes.aisle_command("worker", "--queues", "triton,db", "--metrics-port", str(port))
     server = processes.ServerProcess("worker", argv, logs / "worker.log", _http_ready(port), env=_service_env(settings))
     return server, f"metrics http://{processes.LOOPBACK}:{port}/metrics"
 
 
 def beat(settings: Settings, logs: Path) -> tuple[processes.ServerProcess, str]:
     schedule = settings.run_dir / "beat-schedule"
-    argv = _aisle("beat", "--schedule", str(schedule))
+    argv = processes.aisle_command("beat", "--schedule", str(schedule))
     server = processes.ServerProcess(
         "beat", argv, logs / "beat.log", lambda: any(settings.run_dir.glob("beat-schedule*")), env=_service_env(settings)
     )

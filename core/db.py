@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from importlib import resources
 
+import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector, register_vector_async
+from psycopg.adapt import Loader
+from psycopg.pq import Format
 
 # Advisory lock key serialising migrations across processes ("aisle" in ASCII).
 MIGRATION_LOCK = 0x6169736C65
@@ -25,13 +28,44 @@ def connect(url: str, autocommit: bool = False, register: bool = True) -> psycop
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"cannot connect to Postgres at {_redact(url)}: {str(exc).strip()}") from None
     if register:
-        register_vector(conn)
+        try:
+            register_vector(conn)
+        except psycopg.ProgrammingError:
+            conn.close()
+            raise DatabaseError(
+                f"the database at {_redact(url)} has no vector type: run `aisle db migrate` first"
+            ) from None
+        _load_vectors_as_numpy(conn)
     return conn
 
 
 async def configure_async(conn: psycopg.AsyncConnection) -> None:
     """Pool ``configure`` hook for the gateway's AsyncConnectionPool."""
     await register_vector_async(conn)
+    _load_vectors_as_numpy(conn)
+
+
+class _VectorTextLoader(Loader):
+    format = Format.TEXT
+
+    def load(self, data) -> np.ndarray:
+        return np.array(bytes(data)[1:-1].split(b","), dtype=np.float32)
+
+
+class _VectorBinaryLoader(Loader):
+    format = Format.BINARY
+
+    def load(self, data) -> np.ndarray:
+        # pgvector's binary form: uint16 dimensions, uint16 unused, then big-endian float32s.
+        dim = int.from_bytes(bytes(data[:2]), "big")
+        return np.frombuffer(data, dtype=">f4", count=dim, offset=4).astype(np.float32)
+
+
+def _load_vectors_as_numpy(conn) -> None:
+    """Read vector columns as float32 numpy arrays (pgvector's own loader makes Vector objects)."""
+    oid = conn.adapters.types["vector"].oid
+    conn.adapters.register_loader(oid, _VectorTextLoader)
+    conn.adapters.register_loader(oid, _VectorBinaryLoader)
 
 
 def _redact(url: str) -> str:

@@ -1,0 +1,130 @@
+"""Refresh jobs through real Celery workers, Triton and Postgres, and as batch commands."""
+
+from __future__ import annotations
+
+import numpy as np
+import psycopg
+import pytest
+
+from core.db import connect
+
+from core.catalog import embedding_text
+from core.settings import load_settings
+from tests.workers.conftest import load_homedepot, trigger, wait_for_run
+
+VERSION = "all-MiniLM-L6-v2@1"
+
+
+def _embeddings(url: str) -> dict[int, tuple[bytes, np.ndarray]]:
+    with connect(url) as conn:
+        rows = conn.execute(
+            "SELECT item_id, content_hash, embedding FROM item_embeddings WHERE model_version = %s", (VERSION,)
+        )
+        return {r[0]: (bytes(r[1]), np.asarray(r[2])) for r in rows}
+
+
+def assert_every_item_embedded_once_and_correctly(url: str, triton_url: str, sample: int = 300) -> None:
+    """Every item has exactly one embedding for the version, of its current content, equal to
+    what the encoder gives for its text (checked on a random sample)."""
+    from core.triton import TritonClient
+
+    with psycopg.connect(url) as conn:
+        items = conn.execute("SELECT id, title, description, content_hash FROM items").fetchall()
+        per_item = conn.execute(
+            "SELECT max(n) FROM (SELECT count(*) n FROM item_embeddings WHERE model_version = %s GROUP BY item_id) c",
+            (VERSION,),
+        ).fetchone()[0]
+    stored = _embeddings(url)
+    assert per_item == 1
+    assert set(stored) == {i[0] for i in items}
+    assert all(stored[i[0]][0] == bytes(i[3]) for i in items), "an embedding of stale content"
+    rng = np.random.default_rng(0)
+    picked = [items[k] for k in rng.choice(len(items), size=min(sample, len(items)), replace=False)]
+    client = TritonClient(triton_url)
+    try:
+        expected = client.embed([embedding_text(i[1], i[2]) for i in picked])
+    finally:
+        client.close()
+    got = np.stack([stored[i[0]][1] for i in picked])
+    assert (got * expected).sum(1).min() >= 0.9999
+
+
+def test_celery_refresh_embeds_every_item_once(workers, worker_env, triton_url, tmp_path):
+    url = worker_env["AISLE_DATABASE_URL"]
+    # given 2,000 real products and a running worker
+    n = load_homedepot(url, tmp_path, 2000)
+    workers.start()
+    # when the embeddings job is triggered (as beat does)
+    trigger(worker_env, "embeddings")
+    run = wait_for_run(url, "embeddings", timeout=180)
+    # then the run counted every item once and every item has a correct embedding
+    assert run["total"] == run["done"] == n
+    assert_every_item_embedded_once_and_correctly(url, triton_url)
+
+
+def test_two_workers_never_embed_an_item_twice(workers, worker_env, triton_url, tmp_path):
+    url = worker_env["AISLE_DATABASE_URL"]
+    # given 4,000 products and two workers of two processes each, all competing for batches
+    n = load_homedepot(url, tmp_path, 4000)
+    workers.start()
+    workers.start()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_reset()")
+    # when the job is triggered several times at once (and each dispatch is duplicated)
+    for _ in range(3):
+        trigger(worker_env, "embeddings")
+    wait_for_run(url, "embeddings", timeout=240)
+    # then Postgres saw exactly one insert per item and no update: nobody wrote an item twice
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        ins, upd = conn.execute(
+            "SELECT n_tup_ins, n_tup_upd FROM pg_stat_user_tables WHERE relname = 'item_embeddings'"
+        ).fetchone()
+        runs = conn.execute("SELECT count(*), sum(done) FROM job_runs WHERE job = 'embeddings'").fetchone()
+    assert (ins, upd) == (n, 0)
+    # and the triggers joined one run instead of starting copies of the same work
+    assert runs == (1, n)
+    assert_every_item_embedded_once_and_correctly(url, triton_url, sample=100)
+
+
+def test_incremental_refresh_touches_only_changed_items(fresh_database_url, triton_url, tmp_path):
+    from workers import dispatch, resources
+    from workers.jobs import BATCH_JOBS
+
+    # given 1,000 embedded products (batch path, as `aisle refresh embeddings` runs it)
+    load_homedepot(fresh_database_url, tmp_path, 1000)
+    settings = load_settings(database_url=fresh_database_url, triton_url=triton_url)
+    resources.reset()
+    deps = resources.deps(need_triton=True, settings=settings)
+    first = dispatch.run_inline(deps, BATCH_JOBS["embeddings"])
+    assert first.done == 1000
+    # when 1% of the titles change
+    with psycopg.connect(fresh_database_url) as conn:
+        changed = [r[0] for r in conn.execute("SELECT id FROM items ORDER BY id LIMIT 10")]
+        from core.catalog import content_hash
+
+        for item_id in changed:
+            title = f"Refreshed title {item_id} cordless drill"
+            conn.execute(
+                "UPDATE items SET title = %s, content_hash = %s, updated_at = now() WHERE id = %s",
+                (title, content_hash(title), item_id),
+            )
+    # then the next run embeds exactly those 10, to their new text
+    second = dispatch.run_inline(deps, BATCH_JOBS["embeddings"])
+    resources.reset()
+    assert (second.total, second.done) == (10, 10)
+    assert second.id != first.id
+    assert_every_item_embedded_once_and_correctly(fresh_database_url, triton_url, sample=50)
+
+
+@pytest.mark.parametrize("job", ["embeddings"])
+def test_a_trigger_while_running_joins_the_open_run(fresh_database_url, job):
+    from workers import runs
+
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
+        with conn.transaction():
+            first, started = runs.start_or_join(conn, job, 100)
+        with conn.transaction():
+            again, started_again = runs.start_or_join(conn, job, 100)
+    assert started and not started_again
+    assert again.id == first.id
