@@ -50,7 +50,8 @@ class Settings(BaseSettings):
     # Celery: an unacknowledged task of a worker that died is handed out again after this long
     # (seconds). A batch takes ~1 s, so 5 minutes is generous while bounding the loss.
     task_visibility_timeout_s: int = Field(300, gt=0)
-    # A run with pending work and no progress for this long is dispatched again (lost tasks).
+    # A run with pending work and no progress (nor dispatch) for this long is dispatched again:
+    # its remaining tasks were lost with a dead worker or broker.
     redispatch_after_s: int = Field(600, gt=0)
     # Items per embedding task: 256 lets Triton sort a whole batch by length and still keeps a
     # task around a second, so a killed worker loses little.

@@ -40,7 +40,8 @@ def tick(deps: Deps, job: BatchJob, enqueue: Enqueue) -> TickResult:
             run, _ = runs.start_or_join(conn, job.name, backlog.pending)
         else:
             runs.grow(conn, run.id, backlog.pending)
-        stalled = run.dispatched_at is None or _seconds_since(conn, run.dispatched_at) > deps.settings.redispatch_after_s
+        last_sign_of_life = max((t for t in (run.dispatched_at, run.progressed_at) if t is not None), default=None)
+        stalled = last_sign_of_life is None or _seconds_since(conn, last_sign_of_life) > deps.settings.redispatch_after_s
         ranges = plan(job, conn, job.batch_size(deps.settings)) if stalled else []
         if ranges:
             runs.mark_dispatched(conn, run.id)

@@ -18,6 +18,7 @@ class Run:
     total: int
     done: int
     dispatched_at: datetime | None
+    progressed_at: datetime | None
 
     @property
     def rate(self) -> float | None:
@@ -26,7 +27,7 @@ class Run:
         return self.done / seconds if seconds > 0 else None
 
 
-_COLUMNS = "id, job, started_at, finished_at, total, done, dispatched_at"
+_COLUMNS = "id, job, started_at, finished_at, total, done, dispatched_at, progressed_at"
 
 
 def lock(conn: psycopg.Connection, job: str) -> None:
@@ -64,7 +65,10 @@ def start_or_join(conn: psycopg.Connection, job: str, total: int) -> tuple[Run, 
 def add_progress(conn: psycopg.Connection, job: str, rows: int) -> None:
     """Count rows done towards the open run (inside the transaction that did the work)."""
     if rows:
-        conn.execute("UPDATE job_runs SET done = done + %s WHERE job = %s AND finished_at IS NULL", (rows, job))
+        conn.execute(
+            "UPDATE job_runs SET done = done + %s, progressed_at = now() WHERE job = %s AND finished_at IS NULL",
+            (rows, job),
+        )
 
 
 def mark_dispatched(conn: psycopg.Connection, run_id: int) -> None:

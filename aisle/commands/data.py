@@ -177,3 +177,45 @@ def _refresh_celery(settings: Settings, name: str, timeout: float) -> None:
     with conn.transaction():
         last = runs.last_run(conn, name)
     say(f"{name}: up to date" + (f" (last run {last.done} rows, {last.rate or 0:.0f} rows/s)" if last else ""))
+
+
+class LoadKind(str, Enum):
+    items = "items"
+    events = "events"
+    reviews = "reviews"
+    homedepot = "homedepot"
+    scientific_items = "scientific-items"
+    scientific_interactions = "scientific-interactions"
+    instacart = "instacart"
+    sentiment = "sentiment"
+
+
+def load(
+    kind: LoadKind = typer.Argument(..., help="A standard format (items, events, reviews; see docs/data-format.md) or a dataset adapter."),
+    path: Path = typer.Argument(..., help="CSV or JSONL file."),
+    splits: str = typer.Option(None, help="scientific-interactions only: loo_split values to load, e.g. train,valid."),
+    show_errors: int = typer.Option(20, help="How many rejected rows to list."),
+) -> None:
+    """Upsert a file into the catalog by external id (loading twice changes nothing).
+
+    Malformed rows are reported with file and line and skipped; the rest loads. Exit status 1
+    when rows were rejected, 2 when the file cannot be loaded at all."""
+    from core.db import DatabaseError
+    from workers.loading import LoadError, rich_progress
+    from workers.loading import load as load_file
+
+    settings = _settings()
+    from aisle.errors import console
+
+    try:
+        with rich_progress(kind.value, console=console) as hook:
+            report = load_file(kind.value, path, settings.database_url, hook, splits=splits)
+    except (LoadError, DatabaseError) as exc:
+        fail(str(exc))
+    for error in report.errors[:show_errors]:
+        say(f"rejected {error}")
+    if report.rejected > show_errors:
+        say(f"… and {report.rejected - show_errors} more rejected rows")
+    say(report.summary())
+    if report.rejected:
+        raise typer.Exit(EXIT_PARTIAL)

@@ -170,6 +170,9 @@ CREATE TABLE job_runs (
     total       integer NOT NULL DEFAULT 0,
     done        integer NOT NULL DEFAULT 0,
     dispatched_at timestamptz,
+    -- Last time a batch of the run committed: a run with a backlog and no progress for a while
+    -- has lost tasks (a dead worker) and is dispatched again.
+    progressed_at timestamptz,
     error       text
 );
 CREATE UNIQUE INDEX job_runs_one_open ON job_runs (job) WHERE finished_at IS NULL;
