@@ -23,6 +23,7 @@ app.command()(data.load)
 app.command()(data.refresh)
 app.command()(services.worker)
 app.command()(services.beat)
+app.command()(services.serve)
 
 
 def main() -> None:

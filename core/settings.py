@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     tick_interval_s: float = Field(10.0, gt=0)
     graph_interval_s: float = Field(300.0, gt=0)
     log_format: Literal["text", "json"] = "text"
+    # Gateway: Postgres connections per process. A Search runs up to 4 queries at once; 16
+    # covered 16 concurrent clients without waiting on the pool (bench/gateway.py).
+    db_pool_size: int = Field(16, ge=2)
 
     # Comma-separated API keys for the gateway; empty means no authentication.
     api_keys: Annotated[tuple[str, ...], NoDecode] = ()

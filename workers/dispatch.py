@@ -26,25 +26,29 @@ def tick(deps: Deps, job: BatchJob, enqueue: Enqueue) -> TickResult:
     """Open a run when there is work and none is open; finish it when the backlog is empty;
     dispatch the backlog again when the open run has stalled (tasks lost with a dead worker)."""
     conn = deps.conn
+    ranges: list[tuple[int, int]] = []
     with conn.transaction():
         runs.lock(conn, job.name)
         backlog = job.backlog(conn)
         run = runs.open_run(conn, job.name)
-        if run is None and backlog.pending == 0:
-            return TickResult(None, False, 0)
-        if run is not None and backlog.pending == 0:
-            runs.finish(conn, run.id)
-            return TickResult(runs.last_run(conn, job.name), False, 0)
-        started = run is None
-        if started:
-            run, _ = runs.start_or_join(conn, job.name, backlog.pending)
+        started = False
+        if backlog.pending == 0:
+            if run is not None:
+                runs.finish(conn, run.id)
         else:
-            runs.grow(conn, run.id, backlog.pending)
-        last_sign_of_life = max((t for t in (run.dispatched_at, run.progressed_at) if t is not None), default=None)
-        stalled = last_sign_of_life is None or _seconds_since(conn, last_sign_of_life) > deps.settings.redispatch_after_s
-        ranges = plan(job, conn, job.batch_size(deps.settings)) if stalled else []
-        if ranges:
-            runs.mark_dispatched(conn, run.id)
+            started = run is None
+            if started:
+                run, _ = runs.start_or_join(conn, job.name, backlog.pending)
+            else:
+                runs.grow(conn, run.id, backlog.pending)
+            signs = [t for t in (run.dispatched_at, run.progressed_at) if t is not None]
+            if not signs or _seconds_since(conn, max(signs)) > deps.settings.redispatch_after_s:
+                ranges = plan(job, conn, job.batch_size(deps.settings))
+                runs.mark_dispatched(conn, run.id)
+    if backlog.pending == 0:
+        if run is not None:
+            _after_run(deps, job)
+        return TickResult(run, False, 0)
     # Enqueue after commit: a task must never run before the run it reports to exists.
     for first, last in ranges:
         enqueue(job.name, first, last)
@@ -72,8 +76,16 @@ def _finish_if_drained(deps: Deps, job: BatchJob) -> None:
         if run is None or run.done < run.total:
             return
         runs.lock(conn, job.name)
-        if job.backlog(conn).pending == 0:
-            runs.finish(conn, run.id)
+        if job.backlog(conn).pending != 0:
+            return
+        runs.finish(conn, run.id)
+    _after_run(deps, job)
+
+
+def _after_run(deps: Deps, job: BatchJob) -> None:
+    hook = getattr(job, "after_run", None)
+    if hook is not None:
+        hook(deps)
 
 
 @dataclass
@@ -104,8 +116,11 @@ def run_inline(deps: Deps, job: BatchJob, on_progress: Callable[[Progress], None
     with conn.transaction():
         runs.lock(conn, job.name)
         open_run = runs.open_run(conn, job.name)
-        if open_run and job.backlog(conn).pending == 0:
+        drained = job.backlog(conn).pending == 0
+        if open_run and drained:
             runs.finish(conn, open_run.id)
+    if drained:
+        _after_run(deps, job)
     return runs.last_run(conn, job.name)
 
 

@@ -62,3 +62,29 @@ def beat(
     from workers.app import app
 
     app.start(["beat", "-s", str(schedule), "--loglevel", loglevel])
+
+
+def serve(
+    address: str = typer.Option("0.0.0.0:50051", "--address", help="gRPC address host:port to listen on."),
+    metrics_port: int = typer.Option(0, "--metrics-port", min=0, help="Serve Prometheus metrics on this port (0: none)."),
+    grace: float = typer.Option(
+        20.0, "--grace", min=0, help="Seconds in-flight calls get to finish after SIGTERM (health says NOT_SERVING at once)."
+    ),
+) -> None:
+    """Run the gRPC gateway (aisle.v1.Aisle with health and reflection) until SIGTERM."""
+    import asyncio
+
+    from aisle.errors import fail
+    from core import logs
+
+    _export_settings()
+    settings = get_settings()
+    if not settings.database_url or not settings.triton_url:
+        fail("the gateway needs AISLE_DATABASE_URL and AISLE_TRITON_URL (or a running `aisle up`)")
+    logs.configure(settings.log_format)
+    from gateway.server import serve as serve_gateway
+
+    try:
+        asyncio.run(serve_gateway(address, settings, metrics_port=metrics_port or None, grace_s=grace))
+    except OSError as exc:
+        fail(f"cannot serve on {address} (metrics port {metrics_port}): {exc}")

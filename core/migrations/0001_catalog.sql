@@ -140,7 +140,8 @@ CREATE TABLE kg_nodes (
     label_tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', label)) STORED,
     UNIQUE (kind, key)
 );
-CREATE INDEX kg_nodes_label_tsv ON kg_nodes USING gin (label_tsv);
+-- Query expansion looks up brands and categories by the words of a query.
+CREATE INDEX kg_nodes_label_tsv ON kg_nodes USING gin (label_tsv) WHERE kind <> 'item';
 CREATE INDEX kg_nodes_item ON kg_nodes (item_id) WHERE item_id IS NOT NULL;
 
 CREATE TABLE kg_edges (

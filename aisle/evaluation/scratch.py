@@ -1,0 +1,58 @@
+"""A scratch database on the stack's Postgres, for evaluations and training that must control
+exactly which events the system has seen."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from core.db import prepare
+from core.embeddings import DEFAULT_VERSION
+
+
+def with_database(url: str, dbname: str) -> str:
+    info = conninfo_to_dict(url)
+    info["dbname"] = dbname
+    return make_conninfo(**info)
+
+
+@contextmanager
+def scratch_database(server_url: str, prefix: str = "aisle_scratch", keep: bool = False) -> Iterator[str]:
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = with_database(server_url, name)
+    try:
+        prepare(url, DEFAULT_VERSION)
+        yield url
+    finally:
+        if not keep:
+            with psycopg.connect(server_url, autocommit=True) as conn:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def refresh_all(settings, say=lambda m: None) -> None:
+    """Every refresh job to the end, in-process (embeddings, profiles, graph)."""
+    from workers import dispatch, resources
+    from workers.jobs import BATCH_JOBS
+
+    resources.reset()
+    deps = resources.deps(need_triton=True, settings=settings)
+    try:
+        for name in ("embeddings", "profiles"):
+            run = dispatch.run_inline(deps, BATCH_JOBS[name])
+            say(f"{name}: {run.done if run else 0} rows")
+        dispatch.rebuild_graph(deps)
+        say("graph rebuilt")
+        from core import embeddings
+
+        with deps.conn.transaction():
+            embeddings.ensure_index(deps.conn, embeddings.active(deps.conn))
+    finally:
+        deps.conn.close()
+        resources.reset()

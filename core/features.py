@@ -1,0 +1,133 @@
+"""The ranker's features: one definition for training (`aisle train ranker`) and serving (the
+gateway), so a model never sees features computed two ways.
+
+Retrieval code gathers raw signals per candidate into :class:`Signals`; :func:`matrix` turns
+them into the float32 feature matrix, columns in :data:`FEATURE_NAMES` order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Reciprocal-rank fusion constant (Cormack et al. 2009); also the baseline's.
+RRF_K = 60
+# BM25 parameters (Robertson's usual values; titles are short, so length matters little).
+BM25_K1 = 1.2
+BM25_B = 0.75
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "is_search",  # 1 for Search, 0 for Recommend and SimilarItems
+    "dense_sim",  # cosine of the query (or profile/context) vector and the item
+    "dense_rank",  # 1/rank in the dense (HNSW) retriever, 0 when it did not return the item
+    "lexical_score",  # Postgres full-text ts_rank_cd, normalised to [0, 1)
+    "lexical_rank",  # 1/rank in the full-text retriever
+    "bm25",  # BM25 of the query lexemes over the item's lexemes
+    "graph_score",  # weight of the knowledge-graph path that brought the item in
+    "graph_rank",  # 1/rank in the knowledge-graph retriever
+    "rrf",  # reciprocal-rank fusion of all retrievers
+    "retrievers",  # how many retrievers returned the item
+    "query_coverage",  # share of the query's lexemes found in the item's
+    "item_length",  # log1p of the item's lexeme count
+    "brand_match",  # the query names the item's brand
+    "category_match",  # the query, the context or the user's recent items share the item's category
+    "popularity",  # log1p of decayed, event-weighted popularity
+    "rating",  # average rating, 0 when unrated
+    "review_count",  # log1p of the number of ratings
+    "sentiment",  # mean P(positive) of its reviews, 0.5 when none
+    "price",  # log1p of the price, 0 when unknown
+    "has_price",
+    "profile_sim",  # cosine of the user's profile and the item, 0 without a profile
+    "category_affinity",  # the user's share of weight on the item's category
+    "cooc_last",  # co-occurrence weight from the user's last item to this one
+    "cooc_recent",  # recency-weighted co-occurrence from the user's recent items to this one
+    "cooc_reverse",  # co-occurrence from this item to the user's recent items
+    "sim_last",  # cosine of the user's last item and this one
+)
+N_FEATURES = len(FEATURE_NAMES)
+INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+
+@dataclass
+class Signals:
+    """Raw per-candidate signals; every array has one entry per candidate (0 where absent)."""
+
+    n: int
+    is_search: bool
+    ranks: dict[str, np.ndarray] = field(default_factory=dict)  # retriever -> 1-based rank, 0 = absent
+    scores: dict[str, np.ndarray] = field(default_factory=dict)  # retriever -> score
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # feature name -> value
+
+    def column(self, name: str, default: float = 0.0) -> np.ndarray:
+        return self.columns.get(name, np.full(self.n, default, dtype=np.float32))
+
+
+def inverse_rank(ranks: np.ndarray) -> np.ndarray:
+    return np.where(ranks > 0, 1.0 / np.maximum(ranks, 1), 0.0)
+
+
+def rrf(ranks: dict[str, np.ndarray], n: int, k: int = RRF_K) -> np.ndarray:
+    total = np.zeros(n, dtype=np.float64)
+    for r in ranks.values():
+        total += np.where(r > 0, 1.0 / (k + np.maximum(r, 1)), 0.0)
+    return total
+
+
+def matrix(s: Signals) -> np.ndarray:
+    m = np.zeros((s.n, N_FEATURES), dtype=np.float32)
+    zero = np.zeros(s.n)
+    m[:, INDEX["is_search"]] = 1.0 if s.is_search else 0.0
+    m[:, INDEX["dense_rank"]] = inverse_rank(s.ranks.get("dense", zero))
+    m[:, INDEX["lexical_rank"]] = inverse_rank(s.ranks.get("lexical", zero))
+    m[:, INDEX["graph_rank"]] = inverse_rank(s.ranks.get("graph", zero))
+    lex = s.scores.get("lexical", zero)
+    m[:, INDEX["lexical_score"]] = lex / (1.0 + lex)
+    m[:, INDEX["graph_score"]] = s.scores.get("graph", zero)
+    m[:, INDEX["rrf"]] = rrf(s.ranks, s.n) * RRF_K
+    m[:, INDEX["retrievers"]] = sum((r > 0).astype(np.float32) for r in s.ranks.values()) if s.ranks else 0
+    for name in (
+        "dense_sim", "bm25", "query_coverage", "item_length", "brand_match", "category_match",
+        "popularity", "rating", "review_count", "price", "has_price", "profile_sim", "category_affinity",
+        "cooc_last", "cooc_recent", "cooc_reverse", "sim_last",
+    ):
+        m[:, INDEX[name]] = s.column(name)
+    m[:, INDEX["sentiment"]] = s.column("sentiment", 0.5)
+    return m
+
+
+# --- Lexical features ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LexiconStats:
+    """Document frequencies of the catalog's lexemes (from Postgres ts_stat)."""
+
+    documents: int
+    doc_freq: dict[str, int]
+    mean_length: float
+
+    def idf(self, lexeme: str) -> float:
+        df = self.doc_freq.get(lexeme, 0)
+        return math.log(1.0 + (self.documents - df + 0.5) / (df + 0.5))
+
+
+def lexical_columns(query: list[str], items: list[list[str]], stats: LexiconStats | None) -> dict[str, np.ndarray]:
+    """BM25 (binary term frequency: titles rarely repeat a word), query coverage and length."""
+    n = len(items)
+    bm25 = np.zeros(n, dtype=np.float32)
+    coverage = np.zeros(n, dtype=np.float32)
+    length = np.zeros(n, dtype=np.float32)
+    terms = set(query)
+    idf = {t: stats.idf(t) for t in terms} if stats else {t: 1.0 for t in terms}
+    avg = stats.mean_length if stats and stats.mean_length > 0 else 8.0
+    for i, lexemes in enumerate(items):
+        doc = set(lexemes)
+        length[i] = math.log1p(len(doc))
+        if not terms:
+            continue
+        hits = terms & doc
+        coverage[i] = len(hits) / len(terms)
+        norm = BM25_K1 * (1 - BM25_B + BM25_B * len(doc) / avg)
+        bm25[i] = sum(idf[t] * (BM25_K1 + 1) / (1 + norm) for t in hits)
+    return {"bm25": bm25, "query_coverage": coverage, "item_length": length}

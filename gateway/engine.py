@@ -1,0 +1,636 @@
+"""The gateway's pipelines over Triton and Postgres: Search, Recommend, SimilarItems,
+ClassifyProduct, AnalyzeReviews and TrackEvent. Async all the way; no gRPC in here.
+
+Search: query embedding (cached) → dense (HNSW), full-text and knowledge-graph candidates in
+parallel → reciprocal-rank fusion → features → the learned ranker → filters → page.
+Recommend: profile (stored, plus events since the last refresh folded on read) → ANN,
+co-occurrence, graph-neighbour and popular candidates → ranker → MMR diversity → history out.
+Every stage runs inside a budget cut from the call's deadline; when the encoder or the ranker
+cannot answer in time the pipeline answers from what it has and says so (``degraded``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from core import embeddings as embedding_models
+from core.db import configure_async
+from core.embeddings import EmbeddingModel
+from core.features import FEATURE_NAMES, LexiconStats, Signals, lexical_columns, matrix
+from core.profiles import Event, Profile, category_affinity, fold
+from core.settings import Settings
+from core.triton import AsyncTritonClient, TritonError, TritonInputError
+from gateway import retrieval
+from gateway.fusion import mmr, rank_positions, reciprocal_rank_fusion
+from gateway.model import (
+    Classification,
+    Explanation,
+    Filters,
+    Hit,
+    InvalidInput,
+    Item,
+    NotFound,
+    Ranked,
+    RecommendQuery,
+    SearchQuery,
+    Sentiment,
+    Unavailable,
+    MAX_RESULTS,
+)
+from gateway.query_cache import QueryCache
+
+log = logging.getLogger(__name__)
+
+# Candidates per retriever. Recall@100 of the fused pool on Home Depot dev queries: 0.86 with
+# 200 dense + 200 lexical (see docs/search.md); more costs ranker time for little.
+DENSE_CANDIDATES = 200
+LEXICAL_CANDIDATES = 200
+GRAPH_CANDIDATES = 100
+# Recommend: candidates per source.
+RECOMMEND_DENSE = 200
+RECOMMEND_COOC = 200
+RECOMMEND_POPULAR = 100
+# Recent items that anchor co-occurrence and similarity for a user.
+RECENT_ITEMS = 10
+# MMR trade-off for Recommend (1 = no diversification); chosen on Scientific valid rows.
+MMR_LAMBDA = 0.9
+# Default budget of a call without a deadline, and the share of it each Triton stage may take.
+DEFAULT_BUDGET_S = 1.0
+EMBED_SHARE = 0.4
+RANKER_SHARE = 0.3
+# Time kept back to assemble the answer after the last stage.
+REPLY_MARGIN_S = 0.01
+# How long the active embedding model and the lexicon are trusted before re-reading.
+MODEL_TTL_S = 10.0
+LEXICON_TTL_S = 600.0
+
+
+class Budget:
+    """Seconds left until the call's deadline, split among stages."""
+
+    def __init__(self, time_left_s: float | None):
+        self.deadline = time.monotonic() + (time_left_s if time_left_s is not None else DEFAULT_BUDGET_S)
+
+    def left(self) -> float:
+        return max(0.0, self.deadline - time.monotonic() - REPLY_MARGIN_S)
+
+    def share(self, fraction: float) -> float:
+        return self.left() * fraction
+
+
+@dataclass
+class Timer:
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @asynccontextmanager
+    async def stage(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = self.stages.get(name, 0.0) + (time.perf_counter() - t) * 1000
+
+
+@dataclass
+class Pool:
+    """Ranked-to-be candidates of one call: the ranker's input and what explains it."""
+
+    model: EmbeddingModel
+    reasons: list[str]
+    expansions: dict[str, list[str]]
+    graph_paths: dict[int, list[str]]
+    facts: retrieval.ItemFacts | None = None
+    signals: Signals | None = None
+    features: np.ndarray | None = None
+    exclude: set[int] = field(default_factory=set)
+
+
+@dataclass
+class UserState:
+    user_id: int | None
+    profile: Profile | None
+    history: set[int]
+    recent: list[int]  # most recent first
+
+
+class Engine:
+    def __init__(self, settings: Settings, pool: AsyncConnectionPool, triton: AsyncTritonClient):
+        self.settings = settings
+        self.pool = pool
+        self.triton = triton
+        self.cache = QueryCache()
+        self._model: tuple[float, EmbeddingModel] | None = None
+        self._lexicon: tuple[float, LexiconStats] | None = None
+        self.ranker_version = "ranker@1"
+
+    @classmethod
+    async def create(cls, settings: Settings) -> Engine:
+        if not settings.database_url or not settings.triton_url:
+            raise ValueError("the gateway needs AISLE_DATABASE_URL and AISLE_TRITON_URL")
+        pool = AsyncConnectionPool(
+            settings.database_url, min_size=2, max_size=settings.db_pool_size, configure=configure_async,
+            open=False, kwargs={"autocommit": True},
+        )
+        await pool.open(wait=False)
+        return cls(settings, pool, AsyncTritonClient(settings.triton_url, settings.triton_timeout_s))
+
+    async def close(self) -> None:
+        await self.pool.close()
+        await self.triton.close()
+
+    # --- shared state ---------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def connection(self, timeout_s: float | None = None):
+        try:
+            async with self.pool.connection(timeout=timeout_s or 5.0) as conn:
+                yield conn
+        except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
+            raise Unavailable(f"database unavailable: {exc}") from None
+        except TimeoutError as exc:
+            raise Unavailable(f"database unavailable: {exc or 'no connection in time'}") from None
+
+    async def active_model(self) -> EmbeddingModel:
+        now = time.monotonic()
+        if self._model and now - self._model[0] < MODEL_TTL_S:
+            return self._model[1]
+        async with self.connection() as conn:
+            row = await (await conn.execute(
+                "SELECT version, triton_model, dim, status FROM embedding_models WHERE status = 'active'"
+            )).fetchone()
+        if row is None:
+            raise Unavailable("no active embedding model: run `aisle db migrate`")
+        model = EmbeddingModel(*row)
+        self._model = (now, model)
+        return model
+
+    async def lexicon(self) -> LexiconStats | None:
+        now = time.monotonic()
+        if self._lexicon and now - self._lexicon[0] < LEXICON_TTL_S:
+            return self._lexicon[1]
+        async with self.connection() as conn:
+            stats = await retrieval.lexicon(conn)
+        self._lexicon = (now, stats)
+        return stats
+
+    async def ready(self) -> bool:
+        try:
+            await self.active_model()
+        except Unavailable:
+            return False
+        return await self.triton.ready()
+
+    async def _embed_query(self, query: str, model: EmbeddingModel, budget: Budget) -> np.ndarray:
+        cached = self.cache.get(model.version, query)
+        if cached is not None:
+            return cached
+        vector = (await self.triton.embed([query], timeout_s=max(budget.share(EMBED_SHARE), 0.001), model=model.triton_model))[0]
+        self.cache.put(model.version, query, vector)
+        return vector
+
+    async def _rank(self, features: np.ndarray, budget: Budget) -> np.ndarray:
+        return await self.triton.rank(features, timeout_s=max(budget.share(RANKER_SHARE / (1 - EMBED_SHARE)), 0.001))
+
+    # --- Search ---------------------------------------------------------------------------
+
+    async def search(self, q: SearchQuery) -> Ranked:
+        budget, timer = Budget(q.time_left_s), Timer()
+        pool = await self.search_pool(q, budget, timer)
+        if pool.facts is None or not pool.facts.ids:
+            return Ranked([], degraded=bool(pool.reasons), degraded_reason="; ".join(pool.reasons),
+                          model_versions=self._versions(pool.model), stage_ms=timer.stages, expansions=pool.expansions)
+        scores, rank_reason = await self._scores(pool.features, budget, timer)
+        reasons = pool.reasons + ([rank_reason] if rank_reason else [])
+        order = np.argsort(-scores, kind="stable")
+        page = order[q.offset : q.offset + q.page_size]
+        hits = [self._hit(pool, k, scores, q.explain, rank_reason is None) for k in page]
+        return Ranked(
+            hits,
+            has_more=q.offset + q.page_size < len(order),
+            degraded=bool(reasons),
+            degraded_reason="; ".join(reasons),
+            model_versions=self._versions(pool.model),
+            stage_ms=timer.stages,
+            expansions=pool.expansions,
+        )
+
+    async def search_pool(self, q: SearchQuery, budget: Budget | None = None, timer: Timer | None = None) -> Pool:
+        """Everything up to the ranker: candidates, their facts and features (also what
+        `aisle train ranker` learns from)."""
+        budget, timer = budget or Budget(q.time_left_s), timer or Timer()
+        reasons: list[str] = []
+        model = await self.active_model()
+        async with timer.stage("embed"):
+            try:
+                qvec = await self._embed_query(q.query, model, budget)
+            except TritonInputError as exc:
+                raise InvalidInput(str(exc)) from None
+            except (TritonError, asyncio.TimeoutError) as exc:
+                qvec = None
+                reasons.append(f"encoder unavailable ({_short(exc)}): lexical and graph results only")
+
+        async with timer.stage("retrieve"):
+            lists, scores_by, graph_paths, expansions, lexemes, user = await self._search_candidates(q, model, qvec)
+        ids = [i for i, _ in reciprocal_rank_fusion(lists)[:MAX_RESULTS]]
+        pool = Pool(model, reasons, expansions, graph_paths)
+        if not ids:
+            return pool
+        async with timer.stage("features"):
+            async with self.connection() as conn:
+                facts = await retrieval.item_facts(conn, ids, model, q.filters)
+            stats = await self.lexicon()
+            signals = self._signals(True, facts, lists, scores_by, qvec, user, graph_paths)
+            signals.columns.update(lexical_columns(lexemes, facts.lexemes, stats))
+            brand_match, cat_match = _query_matches(q.query, facts, expansions)
+            signals.columns["brand_match"] = brand_match
+            signals.columns["category_match"] = np.maximum(signals.column("category_match"), cat_match)
+            pool.facts, pool.signals, pool.features = facts, signals, matrix(signals)
+        return pool
+
+    async def _search_candidates(self, q: SearchQuery, model: EmbeddingModel, qvec):
+        async def dense():
+            if qvec is None:
+                return []
+            async with self.connection() as conn:
+                return await retrieval.dense(conn, model, qvec, DENSE_CANDIDATES, q.filters)
+
+        async def lexical():
+            async with self.connection() as conn:
+                return await retrieval.lexical(conn, q.query, LEXICAL_CANDIDATES, q.filters), await retrieval.query_lexemes(conn, q.query)
+
+        async def graph():
+            async with self.connection() as conn:
+                matches = await retrieval.graph_matches(conn, q.query)
+                ids = await retrieval.graph_items(conn, [m.node_id for m in matches], GRAPH_CANDIDATES * 20)
+            return matches, ids
+
+        async def user():
+            return await self.user_state(q.user_id, model) if q.user_id else None
+
+        (dense_hits, (lex_hits, lexemes), (matches, graph_ids), state) = await asyncio.gather(
+            dense(), lexical(), graph(), user()
+        )
+        lists = {"dense": [h.item_id for h in dense_hits], "lexical": [h.item_id for h in lex_hits]}
+        expansions: dict[str, list[str]] = {}
+        for m in matches:
+            expansions.setdefault(m.matched, []).append(m.label)
+        graph_paths: dict[int, list[str]] = {}
+        if graph_ids:
+            # Order the graph's items by closeness to the query (its own retriever ranking).
+            graph_ids = await self._order_by_vector(graph_ids, qvec, model, q.filters, GRAPH_CANDIDATES)
+            lists["graph"] = graph_ids
+            path = [f"query:{m.matched}" for m in matches[:1]] + [f"{m.kind}:{m.label}" for m in matches[:3]]
+            for item_id in graph_ids:
+                graph_paths[item_id] = path
+        scores_by = {
+            "dense": {h.item_id: h.score for h in dense_hits},
+            "lexical": {h.item_id: h.score for h in lex_hits},
+        }
+        return lists, scores_by, graph_paths, expansions, lexemes, state
+
+    async def _order_by_vector(self, ids, vector, model, filters, n) -> list[int]:
+        async with self.connection() as conn:
+            facts = await retrieval.item_facts(conn, ids, model, filters)
+        if vector is None or not len(facts.ids):
+            order = np.argsort(-facts.popularity, kind="stable")
+        else:
+            order = np.argsort(-(facts.embeddings @ vector), kind="stable")
+        return [facts.ids[k] for k in order[:n]]
+
+    def _signals(self, is_search, facts, lists, scores_by, anchor, user: UserState | None, graph_paths) -> Signals:
+        n = len(facts.ids)
+        s = Signals(n, is_search)
+        s.ranks = rank_positions(lists, facts.ids)
+        for name, scores in scores_by.items():
+            if name in lists:
+                s.scores[name] = np.array([scores.get(i, 0.0) for i in facts.ids], dtype=np.float32)
+        s.scores["graph"] = np.array([1.0 if i in graph_paths else 0.0 for i in facts.ids], dtype=np.float32)
+        if anchor is not None:
+            s.columns["dense_sim"] = (facts.embeddings @ anchor).astype(np.float32)
+        s.columns["popularity"] = np.log1p(facts.popularity)
+        s.columns["rating"] = facts.rating
+        s.columns["review_count"] = np.log1p(facts.review_count)
+        s.columns["sentiment"] = facts.sentiment
+        prices = np.array([p if p is not None else 0.0 for p in facts.prices], dtype=np.float32)
+        s.columns["price"] = np.log1p(prices)
+        s.columns["has_price"] = np.array([p is not None for p in facts.prices], dtype=np.float32)
+        if user is not None and user.profile is not None:
+            s.columns["profile_sim"] = (facts.embeddings @ user.profile.unit()).astype(np.float32)
+            s.columns["category_affinity"] = np.array(
+                [category_affinity(user.profile, c) for c in facts.categories], dtype=np.float32
+            )
+        return s
+
+    async def _scores(self, features, budget, timer) -> tuple[np.ndarray, str | None]:
+        """The ranker's scores, or the fused order when the ranker cannot answer in time."""
+        async with timer.stage("rank"):
+            try:
+                return await self._rank(features, budget), None
+            except asyncio.TimeoutError:
+                reason = "ranker missed its budget: fused retrieval order"
+            except TritonError as exc:
+                reason = f"ranker unavailable ({_short(exc)}): fused retrieval order"
+        return features[:, FEATURE_NAMES.index("rrf")].astype(np.float64), reason
+
+    def _hit(self, pool: Pool, k, scores, explain, ranked) -> Hit:
+        facts, features, signals, graph_paths = pool.facts, pool.features, pool.signals, pool.graph_paths
+        item = Item(facts.external_ids[k], facts.titles[k], facts.brands[k], facts.categories[k], facts.prices[k])
+        explanation = None
+        if explain:
+            explanation = Explanation(
+                retrievers={
+                    name: (int(r[k]), float(signals.scores.get(name, np.zeros(signals.n))[k]))
+                    for name, r in signals.ranks.items()
+                    if r[k] > 0
+                },
+                features={name: float(features[k, j]) for j, name in enumerate(FEATURE_NAMES)},
+                ranker_score=float(scores[k]) if ranked else None,
+                graph_path=graph_paths.get(facts.ids[k], []),
+            )
+        return Hit(item, float(scores[k]), explanation)
+
+    def _versions(self, model: EmbeddingModel) -> dict[str, str]:
+        return {"embedding": model.version, "ranker": self.ranker_version}
+
+    # --- Users and Recommend --------------------------------------------------------------
+
+    async def user_state(self, external_id: str, model: EmbeddingModel) -> UserState:
+        """The stored profile with every event since its watermark folded in (read-your-writes)."""
+        async with self.connection() as conn:
+            row = await (await conn.execute("SELECT id FROM users WHERE external_id = %s", (external_id,))).fetchone()
+            if row is None:
+                return UserState(None, None, set(), [])
+            user_id = row[0]
+            prow = await (await conn.execute(
+                "SELECT profile, weight, category_affinity, as_of, last_event_id FROM user_profiles "
+                "WHERE user_id = %s AND model_version = %s",
+                (user_id, model.version),
+            )).fetchone()
+            profile = Profile(prow[0].astype(np.float64), prow[1], dict(prow[2]), prow[3], prow[4]) if prow else None
+            events = await (await conn.execute(
+                "SELECT e.id, e.item_id, e.type::text, e.occurred_at, ie.embedding, i.category_path, "
+                "e.id > %(watermark)s AS unfolded "
+                "FROM events e JOIN items i ON i.id = e.item_id "
+                "LEFT JOIN item_embeddings ie ON ie.item_id = e.item_id AND ie.model_version = %(version)s "
+                "WHERE e.user_id = %(user)s ORDER BY e.occurred_at DESC, e.id DESC",
+                {"user": user_id, "version": model.version, "watermark": profile.last_event_id if profile else 0},
+            )).fetchall()
+            now = (await (await conn.execute("SELECT now()")).fetchone())[0]
+        history = {r[1] for r in events}
+        recent: list[int] = []
+        for r in events:
+            if r[1] not in recent:
+                recent.append(r[1])
+            if len(recent) >= RECENT_ITEMS:
+                break
+        unfolded = [
+            Event(r[0], r[1], r[2], r[3], r[4], tuple(r[5] or ())) for r in reversed(events) if r[6] and r[4] is not None
+        ]
+        if unfolded:
+            profile = fold(
+                profile, unfolded, self.settings.event_weights, self.settings.event_half_life_days * 86400, now, model.dim
+            )
+        return UserState(user_id, profile, history, recent)
+
+    async def recommend(self, q: RecommendQuery) -> Ranked:
+        budget, timer = Budget(q.time_left_s), Timer()
+        pool = await self.recommend_pool(q, timer)
+        if pool.facts is None:
+            async with timer.stage("popular"):
+                hits = await self._popular(pool.model, q, pool.exclude)
+            return Ranked(hits, model_versions=self._versions(pool.model), stage_ms=timer.stages)
+        scores, rank_reason = await self._scores(pool.features, budget, timer)
+        async with timer.stage("diversify"):
+            picked = mmr(scores, pool.facts.embeddings, q.k, MMR_LAMBDA)
+        hits = [self._hit(pool, k, scores, q.explain, rank_reason is None) for k in picked]
+        return Ranked(
+            hits,
+            degraded=rank_reason is not None,
+            degraded_reason=rank_reason or "",
+            model_versions=self._versions(pool.model),
+            stage_ms=timer.stages,
+        )
+
+    async def recommend_pool(self, q: RecommendQuery, timer: Timer | None = None) -> Pool:
+        """Candidates and features for a user (and/or context items); ``facts`` stays None when
+        there is nothing to personalise on (cold start: the caller serves popular items)."""
+        timer = timer or Timer()
+        model = await self.active_model()
+        async with timer.stage("user"):
+            user = await self.user_state(q.user_id, model) if q.user_id else UserState(None, None, set(), [])
+            context = await self._internal_ids(q.context_item_ids)
+        anchors = context or user.recent
+        pool = Pool(model, [], {}, {})
+        pool.exclude = user.history | set(context)
+        if not anchors and (user.profile is None or user.profile.weight <= 0):
+            return pool
+        async with timer.stage("retrieve"):
+            lists, anchor_vecs = await self._recommend_candidates(model, user, anchors, pool.exclude, q.filters)
+        ids = [i for i, _ in reciprocal_rank_fusion(lists) if i not in pool.exclude][:MAX_RESULTS]
+        if not ids:
+            return pool
+        async with timer.stage("features"):
+            async with self.connection() as conn:
+                facts = await retrieval.item_facts(conn, ids, model, q.filters)
+                cooc = await self._cooccurrence(conn, anchors, facts.ids)
+                anchor_facts = await retrieval.item_facts(conn, anchors, model)
+            anchor = _mean_unit(anchor_vecs) if len(anchor_vecs) else (user.profile.unit() if user.profile else None)
+            signals = self._signals(False, facts, lists, {}, anchor, user, {})
+            signals.columns.update(cooc)
+            if len(anchor_facts.ids):
+                signals.columns["sim_last"] = (facts.embeddings @ anchor_facts.embeddings[0]).astype(np.float32)
+                anchor_cats = set(anchor_facts.categories)
+                signals.columns["category_match"] = np.array(
+                    [1.0 if c and c in anchor_cats else 0.0 for c in facts.categories], dtype=np.float32
+                )
+            pool.facts, pool.signals, pool.features = facts, signals, matrix(signals)
+        return pool
+
+    async def _internal_ids(self, external_ids) -> list[int]:
+        if not external_ids:
+            return []
+        async with self.connection() as conn:
+            rows = await (await conn.execute(
+                "SELECT external_id, id FROM items WHERE external_id = ANY(%s)", (list(external_ids),)
+            )).fetchall()
+        found = dict(rows)
+        missing = [e for e in external_ids if e not in found]
+        if missing:
+            raise NotFound(f"unknown item ids: {', '.join(missing[:5])}")
+        return [found[e] for e in external_ids]
+
+    async def _recommend_candidates(self, model, user: UserState, anchors, exclude, filters):
+        async def by_vector(vector):
+            if vector is None:
+                return []
+            async with self.connection() as conn:
+                return await retrieval.dense(conn, model, vector, RECOMMEND_DENSE, filters, exclude=list(exclude)[:1000])
+
+        async with self.connection() as conn:
+            anchor_facts = await retrieval.item_facts(conn, anchors, model)
+        anchor_vecs = anchor_facts.embeddings[anchor_facts.has_embedding]
+        profile_vec = user.profile.unit() if user.profile is not None and user.profile.weight > 0 else None
+        last_vec = anchor_vecs[0] if len(anchor_vecs) else None
+
+        async def cooc():
+            async with self.connection() as conn:
+                rows = await (await conn.execute(
+                    "SELECT nb.item_id, sum(e.weight) w FROM kg_nodes na "
+                    "JOIN kg_edges e ON e.src = na.id AND e.kind = 'co_occurrence' "
+                    "JOIN kg_nodes nb ON nb.id = e.dst "
+                    "WHERE na.item_id = ANY(%s) GROUP BY nb.item_id ORDER BY w DESC LIMIT %s",
+                    (anchors, RECOMMEND_COOC),
+                )).fetchall()
+            return [r[0] for r in rows]
+
+        async def popular_in_categories():
+            cats = set()
+            for c in anchor_facts.categories:
+                if c:
+                    cats.add(c[-1])
+            if user.profile:
+                cats |= {k.split(" > ")[-1] for k in list(user.profile.affinity)[:5]}
+            if not cats:
+                return []
+            async with self.connection() as conn:
+                rows = await (await conn.execute(
+                    "SELECT i.id FROM items i JOIN item_stats s ON s.item_id = i.id "
+                    "WHERE i.category_path[array_length(i.category_path, 1)] = ANY(%s) "
+                    "ORDER BY s.popularity DESC LIMIT %s",
+                    (list(cats), RECOMMEND_POPULAR),
+                )).fetchall()
+            return [r[0] for r in rows]
+
+        profile_hits, last_hits, cooc_ids, popular_ids = await asyncio.gather(
+            by_vector(profile_vec), by_vector(last_vec), cooc(), popular_in_categories()
+        )
+        lists = {
+            "profile": [h.item_id for h in profile_hits],
+            "last_item": [h.item_id for h in last_hits],
+            "cooccurrence": cooc_ids,
+            "popular_category": popular_ids,
+        }
+        return {k: [i for i in v if i not in exclude] for k, v in lists.items() if v}, anchor_vecs
+
+    async def _cooccurrence(self, conn, anchors: list[int], ids: list[int]) -> dict[str, np.ndarray]:
+        n = len(ids)
+        out = {name: np.zeros(n, dtype=np.float32) for name in ("cooc_last", "cooc_recent", "cooc_reverse")}
+        if not anchors or not ids:
+            return out
+        rows = await (await conn.execute(
+            "SELECT na.item_id, nb.item_id, e.weight FROM kg_edges e "
+            "JOIN kg_nodes na ON na.id = e.src JOIN kg_nodes nb ON nb.id = e.dst "
+            "WHERE e.kind = 'co_occurrence' AND ((na.item_id = ANY(%(a)s) AND nb.item_id = ANY(%(c)s)) "
+            "OR (na.item_id = ANY(%(c)s) AND nb.item_id = ANY(%(a)s)))",
+            {"a": anchors, "c": ids},
+        )).fetchall()
+        index = {i: k for k, i in enumerate(ids)}
+        recency = {a: 1.0 / (1 + pos) for pos, a in enumerate(anchors)}
+        for src, dst, w in rows:
+            if src in recency and dst in index:
+                out["cooc_recent"][index[dst]] += w * recency[src]
+                if src == anchors[0]:
+                    out["cooc_last"][index[dst]] += w
+            if dst in recency and src in index:
+                out["cooc_reverse"][index[src]] += w * recency[dst]
+        return {k: np.log1p(v) for k, v in out.items()}
+
+    async def _popular(self, model, q: RecommendQuery, exclude: set[int]) -> list[Hit]:
+        """Cold start: trending items (in the context items' categories when given)."""
+        from gateway.retrieval import filter_sql
+        from psycopg import sql
+
+        where, params = filter_sql(q.filters)
+        params.update(n=q.k + len(exclude), exclude=list(exclude))
+        query = sql.SQL(
+            "SELECT i.id FROM items i LEFT JOIN item_stats s ON s.item_id = i.id "
+            "WHERE i.id <> ALL(%(exclude)s) {where} ORDER BY coalesce(s.popularity, 0) DESC, i.id LIMIT %(n)s"
+        ).format(where=where)
+        async with self.connection() as conn:
+            ids = [r[0] for r in await (await conn.execute(query, params)).fetchall()][: q.k]
+            facts = await retrieval.item_facts(conn, ids, model)
+        hits = []
+        for k in range(len(facts.ids)):
+            item = Item(facts.external_ids[k], facts.titles[k], facts.brands[k], facts.categories[k], facts.prices[k])
+            expl = Explanation(retrievers={"popular": (k + 1, float(facts.popularity[k]))}) if q.explain else None
+            hits.append(Hit(item, float(facts.popularity[k]), expl))
+        return hits
+
+    async def similar_items(self, item_id: str, k: int, filters: Filters, explain: bool, time_left_s=None) -> Ranked:
+        """Items like ``item_id``: the Recommend pipeline anchored on that item, with no user."""
+        await self._internal_ids([item_id])
+        return await self.recommend(
+            RecommendQuery(user_id="", context_item_ids=(item_id,), k=k, filters=filters, explain=explain,
+                           time_left_s=time_left_s)
+        )
+
+    # --- Models straight from Triton ------------------------------------------------------
+
+    async def classify(self, texts: list[str], time_left_s: float | None = None) -> list[Classification]:
+        results = await self._triton_call(self.triton.classify(texts, timeout_s=time_left_s))
+        return [
+            Classification(list(zip(c.department, c.department_prob)), list(zip(c.aisle, c.aisle_prob))) for c in results
+        ]
+
+    async def analyze(self, texts: list[str], time_left_s: float | None = None) -> list[Sentiment]:
+        results = await self._triton_call(self.triton.sentiment(texts, timeout_s=time_left_s))
+        return [Sentiment(label, prob) for label, prob in results]
+
+    async def _triton_call(self, call: Awaitable):
+        try:
+            return await call
+        except TritonInputError as exc:
+            raise InvalidInput(str(exc)) from None
+        except (TritonError, asyncio.TimeoutError) as exc:
+            raise Unavailable(f"Triton unavailable: {_short(exc)}") from None
+
+    # --- Events ---------------------------------------------------------------------------
+
+    async def track_event(self, user_id: str, item_id: str, event_type: str) -> None:
+        async with self.connection() as conn:
+            async with conn.transaction():
+                row = await (await conn.execute("SELECT id FROM items WHERE external_id = %s", (item_id,))).fetchone()
+                if row is None:
+                    raise NotFound(f"unknown item id {item_id!r}")
+                user = await (await conn.execute(
+                    "INSERT INTO users (external_id) VALUES (%s) ON CONFLICT (external_id) "
+                    "DO UPDATE SET external_id = EXCLUDED.external_id RETURNING id",
+                    (user_id,),
+                )).fetchone()
+                await conn.execute(
+                    "INSERT INTO events (user_id, item_id, type, occurred_at) VALUES (%s, %s, %s, now())",
+                    (user[0], row[0], event_type),
+                )
+
+
+def _mean_unit(vectors: np.ndarray) -> np.ndarray:
+    mean = vectors.mean(axis=0)
+    norm = np.linalg.norm(mean)
+    return mean / norm if norm > 0 else mean
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 160 else text[:157] + "..."
+
+
+def _query_matches(query: str, facts, expansions: dict[str, list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Whether the query names each item's brand, and whether an expanded category is the item's."""
+    q = f" {' '.join(query.lower().split())} "
+    brand = np.array(
+        [1.0 if b and f" {b.lower()} " in q else 0.0 for b in facts.brands], dtype=np.float32
+    )
+    labels = {label.lower() for found in expansions.values() for label in found}
+    cat = np.array(
+        [1.0 if any(c.lower() in labels for c in cats) else 0.0 for cats in facts.categories], dtype=np.float32
+    )
+    return brand, cat

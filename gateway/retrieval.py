@@ -1,0 +1,226 @@
+"""SQL adapters of the gateway: candidate retrievers and the per-item facts features need.
+
+Every value from a request travels as a bound parameter; only identifiers and literals the
+server chose itself (the embedding version's dimension and name) are composed into SQL, and
+those through psycopg.sql quoting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from core.embeddings import EmbeddingModel, vector_expr
+from gateway.model import Filters
+
+# HNSW search breadth: must be at least the number of neighbours asked for; 200 kept recall@100
+# of exact search at 0.99 on the Home Depot catalog (bench/gateway.py).
+EF_SEARCH = 200
+
+
+@dataclass(frozen=True)
+class Scored:
+    item_id: int
+    score: float
+
+
+def filter_sql(filters: Filters, alias: str = "i") -> tuple[sql.Composable, dict]:
+    """A WHERE fragment (starting with AND) and its parameters for the request's filters."""
+    parts: list[sql.Composable] = []
+    params: dict = {}
+    a = sql.Identifier(alias)
+    if filters.categories:
+        parts.append(sql.SQL("AND EXISTS (SELECT 1 FROM unnest({}.category_path) c WHERE lower(c) = ANY(%(f_categories)s))").format(a))
+        params["f_categories"] = [c.lower() for c in filters.categories]
+    if filters.brands:
+        parts.append(sql.SQL("AND lower({}.brand) = ANY(%(f_brands)s)").format(a))
+        params["f_brands"] = [b.lower() for b in filters.brands]
+    if filters.min_price is not None:
+        parts.append(sql.SQL("AND {}.price >= %(f_min_price)s").format(a))
+        params["f_min_price"] = filters.min_price
+    if filters.max_price is not None:
+        parts.append(sql.SQL("AND {}.price <= %(f_max_price)s").format(a))
+        params["f_max_price"] = filters.max_price
+    return sql.SQL(" ").join(parts), params
+
+
+async def dense(
+    conn: psycopg.AsyncConnection, model: EmbeddingModel, vector: np.ndarray, n: int, filters: Filters,
+    exclude: list[int] | None = None,
+) -> list[Scored]:
+    where, params = filter_sql(filters)
+    expr = vector_expr(model)
+    query = sql.SQL(
+        "SELECT e.item_id, 1 - ({expr} <=> %(v)s::vector) AS sim FROM item_embeddings e "
+        "JOIN items i ON i.id = e.item_id "
+        "WHERE e.model_version = {version} {where} {exclude} "
+        "ORDER BY {expr} <=> %(v)s::vector LIMIT %(n)s"
+    ).format(
+        expr=expr,
+        version=sql.Literal(model.version),
+        where=where,
+        exclude=sql.SQL("AND e.item_id <> ALL(%(exclude)s)") if exclude else sql.SQL(""),
+    )
+    params.update(v=vector.astype(np.float32), n=n, exclude=exclude or [])
+    async with conn.transaction():
+        await conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(EF_SEARCH, n))))
+        rows = await (await conn.execute(query, params)).fetchall()
+    return [Scored(r[0], float(r[1])) for r in rows]
+
+
+# Match any query word (OR): the AND of every word finds nothing for most long queries, and the
+# ranker orders what OR brings in. ts_rank_cd normalisation 1 divides by 1 + log(length).
+_LEXICAL = """
+WITH q AS (SELECT replace(plainto_tsquery('english', %(q)s)::text, '&', '|') AS t)
+SELECT i.id, ts_rank_cd(i.search_tsv, q.t::tsquery, 1) AS rank
+FROM items i, q
+WHERE q.t <> '' AND i.search_tsv @@ q.t::tsquery {where}
+ORDER BY rank DESC, i.id LIMIT %(n)s
+"""
+
+
+async def lexical(conn: psycopg.AsyncConnection, query: str, n: int, filters: Filters) -> list[Scored]:
+    where, params = filter_sql(filters)
+    params.update(q=query, n=n)
+    rows = await (await conn.execute(sql.SQL(_LEXICAL).format(where=where), params)).fetchall()
+    return [Scored(r[0], float(r[1])) for r in rows]
+
+
+async def query_lexemes(conn: psycopg.AsyncConnection, query: str) -> list[str]:
+    row = await (await conn.execute("SELECT tsvector_to_array(to_tsvector('english', %s))", (query,))).fetchone()
+    return list(row[0] or [])
+
+
+@dataclass(frozen=True)
+class GraphMatch:
+    node_id: int
+    kind: str  # brand | category
+    label: str
+    # Which query words (or alias) matched it.
+    matched: str
+    weight: float
+
+
+# A node matches when all of its label's lexemes occur in the query (so "drill" matches the
+# category "Drills" and "behr paint" the brand "BEHR", but "paint" alone not "BEHR Paint Co").
+_GRAPH_MATCH = """
+WITH q AS (SELECT to_tsvector('english', %(q)s) AS v,
+                  replace(plainto_tsquery('english', %(q)s)::text, '&', '|') AS t)
+SELECT n.id, n.kind, n.label, n.label, 1.0::real
+FROM kg_nodes n, q
+WHERE q.t <> '' AND n.kind <> 'item' AND n.label_tsv @@ q.t::tsquery
+  AND q.v @@ plainto_tsquery('english', n.label)
+UNION ALL
+SELECT n.id, n.kind, n.label, a.alias, a.weight
+FROM kg_aliases a JOIN kg_nodes n ON n.id = a.node_id
+WHERE strpos(lower(%(q)s), lower(a.alias)) > 0
+LIMIT 50
+"""
+
+
+async def graph_matches(conn: psycopg.AsyncConnection, query: str) -> list[GraphMatch]:
+    rows = await (await conn.execute(_GRAPH_MATCH, {"q": query})).fetchall()
+    return [GraphMatch(r[0], r[1], r[2], r[3], float(r[4])) for r in rows]
+
+
+# Items under a matched node: a brand's items, or the items of a category and its subcategories
+# (two levels down), closest to the query vector first when there is one, else most popular.
+_GRAPH_ITEMS = """
+WITH RECURSIVE cats AS (
+    SELECT id, 0 AS depth FROM kg_nodes WHERE id = ANY(%(nodes)s) AND kind = 'category'
+    UNION
+    SELECT e.src, c.depth + 1 FROM kg_edges e JOIN cats c ON e.dst = c.id
+    WHERE e.kind = 'category_parent' AND c.depth < 2
+),
+targets AS (
+    SELECT id FROM cats UNION SELECT id FROM kg_nodes WHERE id = ANY(%(nodes)s) AND kind = 'brand'
+)
+SELECT DISTINCT n.item_id FROM kg_edges e
+JOIN targets t ON t.id = e.dst
+JOIN kg_nodes n ON n.id = e.src AND n.item_id IS NOT NULL
+WHERE e.kind IN ('item_brand', 'item_category')
+LIMIT %(cap)s
+"""
+
+
+async def graph_items(conn: psycopg.AsyncConnection, node_ids: list[int], cap: int) -> list[int]:
+    if not node_ids:
+        return []
+    rows = await (await conn.execute(_GRAPH_ITEMS, {"nodes": node_ids, "cap": cap})).fetchall()
+    return [r[0] for r in rows]
+
+
+@dataclass
+class ItemFacts:
+    """Columns for a list of item ids, in the order asked."""
+
+    ids: list[int]
+    external_ids: list[str]
+    titles: list[str]
+    brands: list[str | None]
+    categories: list[tuple[str, ...]]
+    prices: list[float | None]
+    embeddings: np.ndarray  # [n, dim], zeros where missing
+    has_embedding: np.ndarray
+    lexemes: list[list[str]]
+    popularity: np.ndarray
+    rating: np.ndarray
+    review_count: np.ndarray
+    sentiment: np.ndarray
+
+
+_FACTS = """
+SELECT i.id, i.external_id, i.title, i.brand, i.category_path, i.price::float8,
+       e.embedding, tsvector_to_array(i.search_tsv),
+       coalesce(s.popularity, 0), coalesce(s.rating_avg, 0), coalesce(s.rating_count, 0),
+       coalesce(s.sentiment_positive, 0.5)
+FROM items i
+LEFT JOIN item_embeddings e ON e.item_id = i.id AND e.model_version = %(version)s
+LEFT JOIN item_stats s ON s.item_id = i.id
+WHERE i.id = ANY(%(ids)s) {where}
+"""
+
+
+async def item_facts(
+    conn: psycopg.AsyncConnection, ids: list[int], model: EmbeddingModel, filters: Filters | None = None
+) -> ItemFacts:
+    """Facts of the items among ``ids`` that pass ``filters``, in the order of ``ids``."""
+    where, params = filter_sql(filters or Filters())
+    params.update(version=model.version, ids=ids)
+    rows = await (await conn.execute(sql.SQL(_FACTS).format(where=where), params)).fetchall()
+    by_id = {r[0]: r for r in rows}
+    kept = [i for i in ids if i in by_id]
+    n = len(kept)
+    emb = np.zeros((n, model.dim), dtype=np.float32)
+    has = np.zeros(n, dtype=bool)
+    out = ItemFacts(kept, [], [], [], [], [], emb, has, [], np.zeros(n, np.float32), np.zeros(n, np.float32),
+                    np.zeros(n, np.float32), np.zeros(n, np.float32))
+    for k, item_id in enumerate(kept):
+        r = by_id[item_id]
+        out.external_ids.append(r[1])
+        out.titles.append(r[2])
+        out.brands.append(r[3])
+        out.categories.append(tuple(r[4] or ()))
+        out.prices.append(r[5])
+        if r[6] is not None:
+            emb[k] = r[6]
+            has[k] = True
+        out.lexemes.append(list(r[7] or ()))
+        out.popularity[k] = r[8]
+        out.rating[k] = r[9]
+        out.review_count[k] = r[10]
+        out.sentiment[k] = r[11]
+    return out
+
+
+async def lexicon(conn: psycopg.AsyncConnection):
+    from core.features import LexiconStats
+
+    row = await (await conn.execute(
+        "SELECT count(*), coalesce(avg(length(search_tsv)), 0) FROM items"
+    )).fetchone()
+    rows = await (await conn.execute("SELECT word, ndoc FROM ts_stat('SELECT search_tsv FROM items')")).fetchall()
+    return LexiconStats(int(row[0]), {w: int(d) for w, d in rows}, float(row[1]))
