@@ -55,6 +55,8 @@ class ServerProcess:
     ready: Callable[[], bool]
     env: dict[str, str] | None = None
     user: str | None = None
+    # Postgres stops fast (rolling back clients) on SIGINT; SIGTERM would wait for every client.
+    stop_signal: int = signal.SIGTERM
     popen: subprocess.Popen | None = field(default=None, repr=False)
 
     def start(self, timeout: float) -> ServerProcess:
@@ -96,7 +98,7 @@ class ServerProcess:
     def stop(self, grace: float = 15) -> None:
         if self.popen is None or self.popen.poll() is not None:
             return
-        stop_pid(self.pid, grace)
+        stop_pid(self.pid, grace, self.stop_signal)
         self.popen.wait()
 
     def kill(self) -> None:
@@ -110,13 +112,15 @@ class ServerProcess:
 
 
 def stop_pid(pid: int, grace: float = 15, sig: int = signal.SIGTERM) -> None:
-    """Signal a process group, wait up to ``grace`` seconds, then SIGKILL what is left."""
+    """Ask a server to stop (``sig`` to its leader, which stops its own children: Celery
+    finishes running tasks, Triton unloads its stubs), wait up to ``grace`` seconds, then
+    SIGKILL whatever is left of its process group."""
     try:
         group = [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return
     try:
-        os.killpg(pid, sig)
+        os.kill(pid, sig)
     except ProcessLookupError:
         return
     _, alive = psutil.wait_procs(group, timeout=grace)
@@ -195,7 +199,7 @@ def postgres(data_dir: Path, port: int, log_path: Path) -> ServerProcess:
         with psycopg.connect(url, connect_timeout=2):
             return True
 
-    return ServerProcess("postgres", argv, log_path, ready, user=user)
+    return ServerProcess("postgres", argv, log_path, ready, user=user, stop_signal=signal.SIGINT)
 
 
 def postgres_url(port: int, database: str = "postgres") -> str:

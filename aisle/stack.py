@@ -60,6 +60,7 @@ class Component:
     log: str | None = None
     # False for services the configuration points at (started elsewhere, never stopped by us).
     managed: bool = True
+    stop_signal: int = 15
 
     def alive(self) -> bool:
         if self.pid is None:
@@ -164,11 +165,38 @@ def beat(settings: Settings, logs: Path) -> tuple[processes.ServerProcess, str]:
     return server, "celery beat"
 
 
+def _grpc_serving(port: int, service: str) -> Callable[[], bool]:
+    def ready() -> bool:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(f"{processes.LOOPBACK}:{port}") as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    return ready
+
+
+def gateway(settings: Settings, logs: Path) -> tuple[processes.ServerProcess, str]:
+    if not settings.triton_url:
+        raise StackError("the gateway needs Triton: start without --no-triton, or set AISLE_TRITON_URL")
+    port, metrics_port = _port("gateway"), _port("gateway_metrics")
+    argv = processes.aisle_command(
+        "serve", "--address", f"{processes.LOOPBACK}:{port}", "--metrics-port", str(metrics_port)
+    )
+    # Ready when the gRPC health service says aisle.v1.Aisle is SERVING (the engine is ready).
+    server = processes.ServerProcess(
+        "gateway", argv, logs / "gateway.log", _grpc_serving(port, "aisle.v1.Aisle"), env=_service_env(settings)
+    )
+    return server, f"{processes.LOOPBACK}:{port}"
+
+
 # Processes started after the servers, in order, each given the settings with every address
 # filled in; the gateway issue adds itself here.
 SERVICES: dict[str, Callable[[Settings, Path], tuple[processes.ServerProcess, str]]] = {
     "worker": worker,
     "beat": beat,
+    "gateway": gateway,
 }
 
 
@@ -239,7 +267,9 @@ def _start(server: processes.ServerProcess, state, address: str, say, name: str 
     t0 = time.monotonic()
     server.start(timeout=START_TIMEOUT.get(server.name, 60))
     proc = psutil.Process(server.pid)
-    state[name] = Component(name, address, server.pid, proc.create_time(), str(server.log_path))
+    state[name] = Component(
+        name, address, server.pid, proc.create_time(), str(server.log_path), stop_signal=int(server.stop_signal)
+    )
     say(f"{name} ready at {address} ({time.monotonic() - t0:.1f}s)")
     return server
 
@@ -249,7 +279,7 @@ def _stop_leftovers(settings: Settings, say) -> None:
     for comp in reversed(list(read_state(settings).values())):
         if comp.managed and comp.alive():
             say(f"stopping leftover {comp.name} (pid {comp.pid})")
-            processes.stop_pid(comp.pid)
+            processes.stop_pid(comp.pid, sig=comp.stop_signal)
     _state_path(settings).unlink(missing_ok=True)
 
 
@@ -261,7 +291,7 @@ def down(settings: Settings, say: Callable[[str], None] = print) -> list[str]:
         for comp in reversed(list(state.values())):
             if comp.managed and comp.alive():
                 say(f"stopping {comp.name} (pid {comp.pid})")
-                processes.stop_pid(comp.pid, grace=20)
+                processes.stop_pid(comp.pid, grace=20, sig=comp.stop_signal)
                 stopped.append(comp.name)
         _state_path(settings).unlink(missing_ok=True)
         return stopped

@@ -33,20 +33,22 @@ def postgres_server(run_dir):
 @pytest.fixture(scope="session")
 def database_url(postgres_server) -> str:
     """A migrated database shared by the session."""
-    from core.db import migrate
+    from core.db import prepare
+    from core.embeddings import DEFAULT_VERSION
 
     url = _create_database(postgres_server, "aisle_session")
-    migrate(url)
+    prepare(url, DEFAULT_VERSION)
     return url
 
 
 @pytest.fixture
 def fresh_database_url(postgres_server) -> str:
     """An empty, migrated database of its own for a test that needs a clean slate."""
-    from core.db import migrate
+    from core.db import prepare
+    from core.embeddings import DEFAULT_VERSION
 
     url = _create_database(postgres_server, f"aisle_{uuid.uuid4().hex[:10]}")
-    migrate(url)
+    prepare(url, DEFAULT_VERSION)
     return url
 
 

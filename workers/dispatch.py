@@ -23,10 +23,14 @@ class TickResult:
 
 
 def tick(deps: Deps, job: BatchJob, enqueue: Enqueue) -> TickResult:
-    """Open a run when there is work and none is open; finish it when the backlog is empty;
-    dispatch the backlog again when the open run has stalled (tasks lost with a dead worker)."""
+    """Open a run when there is work and none is open; finish it when the backlog is empty.
+
+    While a run is open, each tick hands out work nobody holds: keys above what was
+    dispatched (new items), everything pending once all dispatched rows are done (changed
+    items), and everything pending when the run made no progress for a while (tasks lost with
+    a dead worker; running a range twice is harmless)."""
     conn = deps.conn
-    ranges: list[tuple[int, int]] = []
+    ranges: list = []
     with conn.transaction():
         runs.lock(conn, job.name)
         backlog = job.backlog(conn)
@@ -42,16 +46,19 @@ def tick(deps: Deps, job: BatchJob, enqueue: Enqueue) -> TickResult:
             else:
                 runs.grow(conn, run.id, backlog.pending)
             signs = [t for t in (run.dispatched_at, run.progressed_at) if t is not None]
-            if not signs or _seconds_since(conn, max(signs)) > deps.settings.redispatch_after_s:
-                ranges = plan(job, conn, job.batch_size(deps.settings))
-                runs.mark_dispatched(conn, run.id)
+            stalled = bool(signs) and _seconds_since(conn, max(signs)) > deps.settings.redispatch_after_s
+            new_round = started or stalled or run.done >= run.dispatched_rows
+            batch = job.batch_size(deps.settings)
+            ranges = plan(job, conn, batch) if new_round else plan(job, conn, batch, after=run.dispatched_max_id)
+            if ranges:
+                runs.mark_dispatched(conn, run.id, ranges[-1].last, sum(r.rows for r in ranges), new_round)
     if backlog.pending == 0:
         if run is not None:
             _after_run(deps, job)
         return TickResult(run, False, 0)
     # Enqueue after commit: a task must never run before the run it reports to exists.
-    for first, last in ranges:
-        enqueue(job.name, first, last)
+    for r in ranges:
+        enqueue(job.name, r.first, r.last)
     return TickResult(run, started, len(ranges))
 
 

@@ -19,6 +19,8 @@ class Run:
     done: int
     dispatched_at: datetime | None
     progressed_at: datetime | None
+    dispatched_max_id: int
+    dispatched_rows: int
 
     @property
     def rate(self) -> float | None:
@@ -27,7 +29,7 @@ class Run:
         return self.done / seconds if seconds > 0 else None
 
 
-_COLUMNS = "id, job, started_at, finished_at, total, done, dispatched_at, progressed_at"
+_COLUMNS = "id, job, started_at, finished_at, total, done, dispatched_at, progressed_at, dispatched_max_id, dispatched_rows"
 
 
 def lock(conn: psycopg.Connection, job: str) -> None:
@@ -71,8 +73,12 @@ def add_progress(conn: psycopg.Connection, job: str, rows: int) -> None:
         )
 
 
-def mark_dispatched(conn: psycopg.Connection, run_id: int) -> None:
-    conn.execute("UPDATE job_runs SET dispatched_at = now() WHERE id = %s", (run_id,))
+def mark_dispatched(conn: psycopg.Connection, run_id: int, max_id: int, rows: int, new_round: bool) -> None:
+    conn.execute(
+        "UPDATE job_runs SET dispatched_at = now(), dispatched_max_id = GREATEST(dispatched_max_id, %s), "
+        "dispatched_rows = CASE WHEN %s THEN done + %s ELSE dispatched_rows + %s END WHERE id = %s",
+        (max_id, new_round, rows, rows, run_id),
+    )
 
 
 def grow(conn: psycopg.Connection, run_id: int, total: int) -> None:

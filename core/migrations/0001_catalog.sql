@@ -171,6 +171,10 @@ CREATE TABLE job_runs (
     total       integer NOT NULL DEFAULT 0,
     done        integer NOT NULL DEFAULT 0,
     dispatched_at timestamptz,
+    -- Highest key and number of rows handed to tasks so far: work beyond the key (new items)
+    -- is dispatched at the next tick, and the rest once everything dispatched is done.
+    dispatched_max_id bigint NOT NULL DEFAULT 0,
+    dispatched_rows integer NOT NULL DEFAULT 0,
     -- Last time a batch of the run committed: a run with a backlog and no progress for a while
     -- has lost tasks (a dead worker) and is dispatched again.
     progressed_at timestamptz,

@@ -1,9 +1,10 @@
 """What a refresh job is: pending work keyed by ascending ids, processed in claimed batches.
 
-``process(first, last)`` claims the pending rows of an id range with ``FOR UPDATE SKIP LOCKED``,
-does the work and writes the result in the same transaction. Two workers never hold the same
-row, a crash rolls back (the rows stay pending), and a range already done is a no-op: running a
-batch twice, concurrently or after a redelivery, is harmless.
+``process(first, last)`` claims the pending rows of an id range with ``FOR NO KEY UPDATE SKIP
+LOCKED``, does the work and writes the result in the same transaction. Two workers never hold
+the same row, a crash rolls back (the rows stay pending), and a range already done is a no-op:
+running a batch twice, concurrently or after a redelivery, is harmless. (NO KEY: rows another
+transaction merely references, as the graph job's foreign keys to items do, stay claimable.)
 """
 
 from __future__ import annotations
@@ -49,12 +50,19 @@ class BatchJob(Protocol):
         """Claim and process the pending rows with keys in [first, last]; return rows done."""
 
 
-def plan(job: BatchJob, conn: psycopg.Connection, batch: int) -> list[tuple[int, int]]:
-    """Split the whole backlog into id ranges of at most ``batch`` pending rows each."""
-    ranges, after = [], 0
+@dataclass(frozen=True)
+class Range:
+    first: int
+    last: int
+    rows: int
+
+
+def plan(job: BatchJob, conn: psycopg.Connection, batch: int, after: int = 0) -> list[Range]:
+    """Split the backlog with keys above ``after`` into id ranges of at most ``batch`` rows."""
+    ranges = []
     while True:
         ids = job.pending_ids(conn, after, batch)
         if not ids:
             return ranges
-        ranges.append((ids[0], ids[-1]))
+        ranges.append(Range(ids[0], ids[-1], len(ids)))
         after = ids[-1]

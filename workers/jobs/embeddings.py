@@ -23,7 +23,7 @@ SELECT i.id, i.title, i.description, i.content_hash FROM items i
 LEFT JOIN item_embeddings e ON e.item_id = i.id AND e.model_version = %(version)s
 WHERE i.id BETWEEN %(first)s AND %(last)s AND (e.item_id IS NULL OR e.content_hash <> i.content_hash)
 ORDER BY i.id LIMIT %(limit)s
-FOR UPDATE OF i SKIP LOCKED
+FOR NO KEY UPDATE OF i SKIP LOCKED
 """
 
 _UPSERT = """

@@ -45,7 +45,7 @@ class ItemEnrichment:
         with conn.transaction():
             rows = conn.execute(
                 f"SELECT i.id, i.title, i.content_hash FROM items i LEFT JOIN item_stats s ON s.item_id = i.id "
-                f"WHERE i.id BETWEEN %s AND %s AND {_WHERE} ORDER BY i.id LIMIT %s FOR UPDATE OF i SKIP LOCKED",
+                f"WHERE i.id BETWEEN %s AND %s AND {_WHERE} ORDER BY i.id LIMIT %s FOR NO KEY UPDATE OF i SKIP LOCKED",
                 (first, last, deps.settings.embedding_batch),
             ).fetchall()
             if not rows:

@@ -112,7 +112,7 @@ class UserProfiles:
                 claimed = [
                     r[0]
                     for r in conn.execute(
-                        "SELECT id FROM users WHERE id = ANY(%s) ORDER BY id FOR UPDATE SKIP LOCKED", (candidates,)
+                        "SELECT id FROM users WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE SKIP LOCKED", (candidates,)
                     )
                 ]
                 now = conn.execute("SELECT now()").fetchone()[0]

@@ -47,7 +47,7 @@ class ReviewSentiment:
         with conn.transaction():
             rows = conn.execute(
                 "SELECT id, item_id, title, body FROM reviews WHERE sentiment_label IS NULL "
-                "AND id BETWEEN %s AND %s ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
+                "AND id BETWEEN %s AND %s ORDER BY id LIMIT %s FOR NO KEY UPDATE SKIP LOCKED",
                 (first, last, REVIEW_BATCH),
             ).fetchall()
             if not rows:
