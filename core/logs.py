@@ -33,7 +33,10 @@ _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("aisle_
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 # LogRecord attributes that are not "extra" fields.
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "request_id"}
+# (rid and extras are the text formatter's own.)
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "request_id", "rid", "extras",
+}
 
 _HANDLER_NAME = "aisle"
 
@@ -100,7 +103,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         rid = getattr(record, "request_id", None)
         record.rid = f" [{rid}]" if rid else ""
-        extras = {k: v for k, v in vars(record).items() if k not in _STANDARD and k not in ("rid", "extras") and not k.startswith("_")}
+        extras = {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
         record.extras = "".join(f" {k}={v}" for k, v in extras.items())
         return super().format(record)
 

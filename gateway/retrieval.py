@@ -163,57 +163,96 @@ class ItemFacts:
     brands: list[str | None]
     categories: list[tuple[str, ...]]
     prices: list[float | None]
-    embeddings: np.ndarray  # [n, dim], zeros where missing
-    has_embedding: np.ndarray
     lexemes: list[list[str]]
     popularity: np.ndarray
     rating: np.ndarray
     review_count: np.ndarray
     sentiment: np.ndarray
+    # Cosine similarity of each item to each vector asked for (0 where the item has no embedding).
+    sims: dict[str, np.ndarray]
+    # [n, dim] when asked for (zeros where missing), else None.
+    embeddings: np.ndarray | None = None
 
 
 _FACTS = """
 SELECT i.id, i.external_id, i.title, i.brand, i.category_path, i.price::float8,
-       e.embedding, tsvector_to_array(i.search_tsv),
+       tsvector_to_array(i.search_tsv),
        coalesce(s.popularity, 0), coalesce(s.rating_avg, 0), coalesce(s.rating_count, 0),
-       coalesce(s.sentiment_positive, 0.5)
+       coalesce(s.sentiment_positive, 0.5) {sims} {embedding}
 FROM items i
-LEFT JOIN item_embeddings e ON e.item_id = i.id AND e.model_version = %(version)s
+LEFT JOIN item_embeddings e ON e.item_id = i.id AND e.model_version = {version}
 LEFT JOIN item_stats s ON s.item_id = i.id
 WHERE i.id = ANY(%(ids)s) {where}
 """
+_FIXED_COLUMNS = 11
 
 
 async def item_facts(
-    conn: psycopg.AsyncConnection, ids: list[int], model: EmbeddingModel, filters: Filters | None = None
+    conn: psycopg.AsyncConnection,
+    ids: list[int],
+    model: EmbeddingModel,
+    filters: Filters | None = None,
+    vectors: dict[str, np.ndarray] | None = None,
+    with_embeddings: bool = False,
 ) -> ItemFacts:
-    """Facts of the items among ``ids`` that pass ``filters``, in the order of ``ids``."""
+    """Facts of the items among ``ids`` that pass ``filters``, in the order of ``ids``.
+
+    Similarities to ``vectors`` are computed in Postgres, so a search moves a few floats per
+    candidate instead of 384."""
     where, params = filter_sql(filters or Filters())
-    params.update(version=model.version, ids=ids)
-    rows = await (await conn.execute(sql.SQL(_FACTS).format(where=where), params)).fetchall()
+    vectors = {k: v for k, v in (vectors or {}).items() if v is not None}
+    expr = vector_expr(model)
+    sims = sql.SQL("").join(
+        sql.SQL(", coalesce(1 - ({} <=> {}::vector), 0)").format(expr, sql.Placeholder(f"v_{name}"))
+        for name in vectors
+    )
+    for name, vec in vectors.items():
+        params[f"v_{name}"] = np.asarray(vec, dtype=np.float32)
+    query = sql.SQL(_FACTS).format(
+        sims=sims,
+        embedding=sql.SQL(", e.embedding") if with_embeddings else sql.SQL(""),
+        version=sql.Literal(model.version),
+        where=where,
+    )
+    params["ids"] = ids
+    rows = await (await conn.execute(query, params)).fetchall()
     by_id = {r[0]: r for r in rows}
     kept = [i for i in ids if i in by_id]
+    rows = [by_id[i] for i in kept]
     n = len(kept)
-    emb = np.zeros((n, model.dim), dtype=np.float32)
-    has = np.zeros(n, dtype=bool)
-    out = ItemFacts(kept, [], [], [], [], [], emb, has, [], np.zeros(n, np.float32), np.zeros(n, np.float32),
-                    np.zeros(n, np.float32), np.zeros(n, np.float32))
-    for k, item_id in enumerate(kept):
-        r = by_id[item_id]
-        out.external_ids.append(r[1])
-        out.titles.append(r[2])
-        out.brands.append(r[3])
-        out.categories.append(tuple(r[4] or ()))
-        out.prices.append(r[5])
-        if r[6] is not None:
-            emb[k] = r[6]
-            has[k] = True
-        out.lexemes.append(list(r[7] or ()))
-        out.popularity[k] = r[8]
-        out.rating[k] = r[9]
-        out.review_count[k] = r[10]
-        out.sentiment[k] = r[11]
-    return out
+
+    def col(k: int, dtype=np.float32) -> np.ndarray:
+        return np.array([r[k] for r in rows], dtype=dtype) if n else np.zeros(0, dtype=dtype)
+
+    facts = ItemFacts(
+        ids=kept,
+        external_ids=[r[1] for r in rows],
+        titles=[r[2] for r in rows],
+        brands=[r[3] for r in rows],
+        categories=[tuple(r[4] or ()) for r in rows],
+        prices=[r[5] for r in rows],
+        lexemes=[list(r[6] or ()) for r in rows],
+        popularity=col(7),
+        rating=col(8),
+        review_count=col(9),
+        sentiment=col(10),
+        sims={name: col(_FIXED_COLUMNS + k) for k, name in enumerate(vectors)},
+    )
+    if with_embeddings:
+        emb = np.zeros((n, model.dim), dtype=np.float32)
+        for k, r in enumerate(rows):
+            if r[-1] is not None:
+                emb[k] = r[-1]
+        facts.embeddings = emb
+    return facts
+
+
+async def vocabulary(conn: psycopg.AsyncConnection) -> dict[str, int]:
+    """Surface words of the catalog's titles and brands with their document counts."""
+    rows = await (await conn.execute(
+        "SELECT word, ndoc FROM ts_stat($$SELECT to_tsvector('simple', title || ' ' || coalesce(brand, '')) FROM items$$)"
+    )).fetchall()
+    return {w: int(n) for w, n in rows if w.isalpha()}
 
 
 async def lexicon(conn: psycopg.AsyncConnection):

@@ -1,0 +1,112 @@
+"""When Triton goes away mid-flight: Search still answers from the lexical and graph retrievers,
+within the caller's deadline and saying so; the models' own RPCs answer UNAVAILABLE."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from aisle import processes
+from tests.gateway.conftest import eventually, gateway_settings, metric, rpc_error, scrape, start_gateway, unique
+
+# These tests serve the real data of ../shared/data (skipped without it).
+pytestmark = pytest.mark.data
+
+
+@pytest.fixture
+def own_triton(model_repository, tmp_path):
+    """A Triton of this test's own, to stop mid-test (the session's stays up for the others)."""
+    ports = processes.TritonPorts.free()
+    server = processes.triton(model_repository, ports, tmp_path / "tritonserver.log").start(timeout=300)
+    server.url = f"{processes.LOOPBACK}:{ports.grpc}"
+    yield server
+    server.stop()
+
+
+def test_search_degrades_to_lexical_when_triton_stops(gateway_loop, catalog, own_triton):
+    # Given a gateway whose Triton answers
+    gw = start_gateway(gateway_loop, gateway_settings(catalog, own_triton.url))
+    try:
+        with gw.client(timeout_s=10) as client:
+            warm = client.search("cordless drill", page_size=5, explain=True)
+            assert "encoder" not in warm.degraded_reason
+            assert any(r.name == "dense" for i in warm.items for r in i.explanation.retrievers)
+
+            # When Triton stops
+            own_triton.stop()
+            before = scrape(gw.metrics_port)
+
+            # then a Search of a query never embedded before still answers within its deadline
+            t0 = time.monotonic()
+            response = client.search(unique("cordless drill"), page_size=5, explain=True, timeout_s=3.0)
+            elapsed = time.monotonic() - t0
+            assert elapsed < 3.0
+            # from the lexical (and graph) retrievers only, and says so
+            assert response.items
+            assert response.degraded
+            assert "encoder unavailable" in response.degraded_reason
+            for item in response.items:
+                assert {r.name for r in item.explanation.retrievers} <= {"lexical", "graph"}, item
+            assert sum("drill" in i.title.lower() for i in response.items) >= 3
+
+            # and the models' own RPCs, which have no degraded answer, are UNAVAILABLE
+            for call in (client.classify_product, client.analyze_reviews):
+                err = rpc_error(call, ["a cordless drill with two batteries"])
+                assert err.code() == grpc.StatusCode.UNAVAILABLE, err.details()
+                assert "Traceback" not in err.details()
+
+            # Events need only Postgres: still recorded
+            client.track_event(unique("user"), catalog.brand_item, "view")
+            # and the service stays SERVING (Search answers, degraded)
+            assert client.health() == "SERVING"
+
+            def counted():
+                after = scrape(gw.metrics_port)
+                # The client retried each idempotent model call on UNAVAILABLE (3 attempts each)
+                for rpc in ("ClassifyProduct", "AnalyzeReviews"):
+                    tries = metric(after, "grpc_server_handled_total", grpc_method=rpc, grpc_code="UNAVAILABLE") - metric(
+                        before, "grpc_server_handled_total", grpc_method=rpc, grpc_code="UNAVAILABLE"
+                    )
+                    assert tries == 3, rpc
+                assert metric(after, "aisle_gateway_degraded_total", rpc="Search") - metric(
+                    before, "aisle_gateway_degraded_total", rpc="Search"
+                ) >= 1
+
+            eventually(counted)
+    finally:
+        gw.stop()
+
+
+@pytest.fixture
+def hung_triton():
+    """An address that accepts TCP connections and never answers: a Triton wedged or behind
+    a dead proxy, the case where only timeouts help (a stopped one refuses at once)."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind((processes.LOOPBACK, 0))
+    sock.listen(64)
+    yield f"{processes.LOOPBACK}:{sock.getsockname()[1]}"
+    sock.close()
+
+
+def test_search_answers_within_its_deadline_when_triton_hangs(gateway_loop, catalog, hung_triton):
+    # Given a gateway whose Triton never answers (so it never turns SERVING)
+    gw = start_gateway(gateway_loop, gateway_settings(catalog, hung_triton), wait=False)
+    try:
+        with gw.client() as client:
+            assert client.health("") == "SERVING"
+            assert client.health("aisle.v1.Aisle") == "NOT_SERVING"
+            # when a caller with a 2 s deadline searches
+            t0 = time.monotonic()
+            response = client.search(unique("cordless drill"), page_size=5, explain=True, timeout_s=2.0)
+            elapsed = time.monotonic() - t0
+            # then the pipeline gave up on the encoder and the ranker in time and answered
+            assert elapsed < 2.0
+            assert response.degraded and "encoder unavailable" in response.degraded_reason
+            assert response.items
+            assert all({r.name for r in i.explanation.retrievers} <= {"lexical", "graph"} for i in response.items)
+    finally:
+        gw.stop()

@@ -1,0 +1,61 @@
+"""ClassifyProduct and AnalyzeReviews straight from Triton's ensembles (batched).
+
+The models exist in the repository only when their trained weights are committed
+(export/weights/...): with them the RPCs answer; without them they answer UNAVAILABLE with
+Triton's reason (never INTERNAL). Each environment runs one of the two cases of each model.
+"""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from tests.gateway.conftest import rpc_error, triton_has_model
+
+# These tests serve the real data of ../shared/data (skipped without it).
+pytestmark = pytest.mark.data
+
+MODELS = {"ClassifyProduct": "classify_product", "AnalyzeReviews": "analyze_sentiment"}
+
+
+def needs(triton_url: str, model: str, present: bool) -> None:
+    if triton_has_model(triton_url, model) != present:
+        pytest.skip(f"{model} is {'absent from' if present else 'served by'} the test model repository")
+
+
+def test_classify_product_labels_each_text(client, triton_url):
+    needs(triton_url, "classify_product", present=True)
+    texts = ["Organic whole milk, 1 gallon", "Cordless drill with two batteries", "Frozen pepperoni pizza"]
+    response = client.classify_product(texts)
+    assert len(response.results) == len(texts)
+    for result in response.results:
+        for labels in (result.departments, result.aisles):
+            assert labels and all(label.label for label in labels)
+            probs = [label.probability for label in labels]
+            assert probs == sorted(probs, reverse=True) and all(0 <= p <= 1 for p in probs)
+    assert response.results[0].departments[0].label == "dairy eggs"
+    assert response.results[2].departments[0].label == "frozen"
+
+
+def test_analyze_reviews_gives_each_text_a_polarity(client, triton_url):
+    needs(triton_url, "analyze_sentiment", present=True)
+    response = client.analyze_reviews([
+        "Works perfectly, sturdy and easy to use. Highly recommend!",
+        "Broke after two days and support never answered. Waste of money.",
+    ])
+    assert [r.label for r in response.results] == ["positive", "negative"]
+    assert all(0.5 <= r.probability <= 1 for r in response.results)
+
+
+@pytest.mark.parametrize("rpc", MODELS)
+def test_a_model_missing_from_triton_is_unavailable_not_internal(client, gateway_logs, triton_url, rpc):
+    needs(triton_url, MODELS[rpc], present=False)
+    call = client.classify_product if rpc == "ClassifyProduct" else client.analyze_reviews
+    mark = gateway_logs.mark()
+    err = rpc_error(call, ["a cordless drill"], request_id=f"missing-{rpc}")
+    # the caller learns what is down and the request id, nothing of the server's insides
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert err.details() == f"Triton unavailable; retry later (request id missing-{rpc})"
+    # the log says which model, under that request id
+    lines = [line for line in gateway_logs.since(mark) if line["request_id"] == f"missing-{rpc}"]
+    assert any(MODELS[rpc] in line["message"] for line in lines), lines
