@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from aisle.commands import data, models, services, stack
+from aisle.commands import api, data, models, services, stack
 from aisle.errors import EXIT_USAGE, UserError, console
 from core.settings import ConfigurationError
 
@@ -21,6 +21,10 @@ app.add_typer(models.eval_app, name="eval")
 app.add_typer(data.db_app, name="db")
 app.command()(data.load)
 app.command()(data.refresh)
+app.command()(api.search)
+app.command()(api.recommend)
+app.command()(api.similar)
+app.command()(api.track)
 app.command()(services.worker)
 app.command()(services.beat)
 app.command()(services.serve)

@@ -8,6 +8,7 @@ them into the float32 feature matrix, columns in :data:`FEATURE_NAMES` order.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +31,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "rrf",  # reciprocal-rank fusion of all retrievers
     "retrievers",  # how many retrievers returned the item
     "query_coverage",  # share of the query's lexemes found in the item's
+    "trigram_sim",  # Jaccard of character trigrams of query and title (robust to typos)
+    "bigram_match",  # share of the query's adjacent word pairs adjacent in the title too
+    "number_match",  # share of the query's numbers and sizes ("1/2", "2x4", "36") in the title
     "item_length",  # log1p of the item's lexeme count
     "brand_match",  # the query names the item's brand
     "category_match",  # the query, the context or the user's recent items share the item's category
@@ -88,7 +92,7 @@ def matrix(s: Signals) -> np.ndarray:
     m[:, INDEX["rrf"]] = rrf(s.ranks, s.n) * RRF_K
     m[:, INDEX["retrievers"]] = sum((r > 0).astype(np.float32) for r in s.ranks.values()) if s.ranks else 0
     for name in (
-        "dense_sim", "bm25", "query_coverage", "item_length", "brand_match", "category_match",
+        "dense_sim", "bm25", "query_coverage", "trigram_sim", "bigram_match", "number_match", "item_length", "brand_match", "category_match",
         "popularity", "rating", "review_count", "price", "has_price", "profile_sim", "category_affinity",
         "cooc_last", "cooc_recent", "cooc_reverse", "sim_last",
     ):
@@ -131,3 +135,37 @@ def lexical_columns(query: list[str], items: list[list[str]], stats: LexiconStat
         norm = BM25_K1 * (1 - BM25_B + BM25_B * len(doc) / avg)
         bm25[i] = sum(idf[t] * (BM25_K1 + 1) / (1 + norm) for t in hits)
     return {"bm25": bm25, "query_coverage": coverage, "item_length": length}
+
+
+_TOKEN = re.compile(r"[a-z0-9]+(?:[./x][0-9]+)*")
+
+
+def _tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text.lower())
+
+
+def _trigrams(text: str) -> set[str]:
+    padded = f" {' '.join(_tokens(text))} "
+    return {padded[i : i + 3] for i in range(len(padded) - 2)}
+
+
+def text_columns(query: str, titles: list[str]) -> dict[str, np.ndarray]:
+    """Surface-text matches the stemmed lexemes miss: typos, word order, sizes."""
+    n = len(titles)
+    tri = np.zeros(n, dtype=np.float32)
+    bigram = np.zeros(n, dtype=np.float32)
+    numbers = np.zeros(n, dtype=np.float32)
+    q_tokens = _tokens(query)
+    q_tri = _trigrams(query)
+    q_pairs = set(zip(q_tokens, q_tokens[1:]))
+    q_numbers = {t for t in q_tokens if any(ch.isdigit() for ch in t)}
+    for i, title in enumerate(titles):
+        t_tokens = _tokens(title)
+        t_tri = _trigrams(title)
+        union = len(q_tri | t_tri)
+        tri[i] = len(q_tri & t_tri) / union if union else 0.0
+        if q_pairs:
+            bigram[i] = len(q_pairs & set(zip(t_tokens, t_tokens[1:]))) / len(q_pairs)
+        if q_numbers:
+            numbers[i] = len(q_numbers & set(t_tokens)) / len(q_numbers)
+    return {"trigram_sim": tri, "bigram_match": bigram, "number_match": numbers}

@@ -17,7 +17,13 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from core.model_interfaces import ANALYZE_SENTIMENT, CLASSIFY_PRODUCT, EMBED_TEXT, RANK, Endpoint
+from core.model_interfaces import (
+    ANALYZE_SENTIMENT,
+    CLASSIFY_PRODUCT,
+    EMBED_TEXT,
+    RANK,
+    Endpoint,
+)
 
 # The repository's ensembles accept 128 texts per request (export.spec.REQUEST_MAX_BATCH).
 REQUEST_TEXTS = 128
@@ -145,10 +151,11 @@ class AsyncTritonClient:
     async def close(self) -> None:
         await self._client.close()
 
-    async def ready(self) -> bool:
+    async def ready(self, timeout_s: float = 5.0) -> bool:
+        """Whether Triton answers ready within ``timeout_s`` (a hung server is not ready)."""
         try:
-            return await self._client.is_server_ready()
-        except (InferenceServerException, grpc.RpcError):
+            return await asyncio.wait_for(self._client.is_server_ready(), timeout_s)
+        except (InferenceServerException, grpc.RpcError, asyncio.TimeoutError):
             return False
 
     async def _infer(self, endpoint: Endpoint, inputs, timeout_s: float | None, model: str | None = None):
