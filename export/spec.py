@@ -14,7 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from core.model_interfaces import ANALYZE_SENTIMENT, CLASSIFY_PRODUCT, EMBED_TEXT, EMBEDDING_DIM, ENRICH_ITEM, RANK
+from core.model_interfaces import (
+    ANALYZE_SENTIMENT,
+    CLASSIFY_PRODUCT,
+    EMBED_TEXT,
+    EMBEDDING_DIM,
+    ENRICH_ITEM,
+    RANK,
+)
 
 Target = Literal["portable", "ngc"]
 TARGETS: tuple[Target, ...] = ("portable", "ngc")
@@ -103,7 +110,8 @@ def tokenizer(name: str, max_tokens: int, target: Target) -> ModelSpec:
     )
 
 
-def encoder(name: str, source: str, target: Target) -> ModelSpec:
+def encoder(name: str, source: str, target: Target, outputs: tuple[Tensor, ...] = (SENTENCE_EMBEDDING,)) -> ModelSpec:
+    """A transformer graph over token ids: the shared encoder and the adapted classifier encoders."""
     ragged = target == "portable"
     return ModelSpec(
         name=name,
@@ -113,25 +121,12 @@ def encoder(name: str, source: str, target: Target) -> ModelSpec:
             Tensor("input_ids", "INT64", (-1,), ragged=ragged),
             Tensor("attention_mask", "INT64", (-1,), ragged=ragged),
         ),
-        outputs=(SENTENCE_EMBEDDING,),
+        outputs=outputs,
         max_batch_size=ENCODER_MAX_BATCH,
         parameters={"bucket_rows": str(ENCODER_BUCKET_ROWS), "length_input": "attention_mask"},
         # 2 ms: long enough for concurrent requests to meet in one batch, short next to a
         # 32-title request's ~80 ms encode (see bench/encoder.py for the measured choice).
         queue_delay_us=2000,
-        gpu=True,
-    )
-
-
-def head(name: str, source: str, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...]) -> ModelSpec:
-    return ModelSpec(
-        name=name,
-        kind="onnx",
-        source=source,
-        inputs=inputs,
-        outputs=outputs,
-        max_batch_size=ENCODER_MAX_BATCH,
-        queue_delay_us=0,
         gpu=True,
     )
 
@@ -207,15 +202,16 @@ def _product_classifier(target: Target) -> list[ModelSpec]:
     sizes = {name: len(labels) for name, labels in pc.LABELS.items()}
     probs = [Tensor(f"{name}_probs", "FP32", (n,)) for name, n in sizes.items()]
     labels = _label_outputs(sizes)
-    to_head = {"sentence_embedding": "embedding"}
-    head_step = Step("product_classifier", to_head, {t.name: t.name for t in probs})
+    tokens = {"input_ids": "ids", "attention_mask": "mask"}
+    tokenize = Step("tokenizer", {"text": "text"}, tokens)
+    classify = Step("product_classifier", tokens, {t.name: t.name for t in probs})
     post_step = Step(
         "product_classifier_postprocess", {t.name: t.name for t in probs}, {t.name: t.name for t in labels}
     )
-    tokenize = Step("tokenizer", {"text": "text"}, {"input_ids": "ids", "attention_mask": "mask"})
-    encode = Step("encoder", {"input_ids": "ids", "attention_mask": "mask"}, {"sentence_embedding": "embedding"})
+    # Enrichment tokenizes once and feeds the same ids to the shared encoder and the classifier.
+    encode = Step("encoder", tokens, {"sentence_embedding": "embedding"})
     return [
-        head("product_classifier", "product_classifier", (SENTENCE_EMBEDDING,), tuple(probs)),
+        encoder("product_classifier", "product_classifier", target, tuple(probs)),
         postprocess(
             "product_classifier_postprocess",
             "classifier_postprocess",
@@ -224,12 +220,12 @@ def _product_classifier(target: Target) -> list[ModelSpec]:
             files=("labels.json",),
             parameters={"top_k": str(TOP_K_LABELS)},
         ),
-        ensemble(CLASSIFY_PRODUCT.model, (TEXT,), labels, (tokenize, encode, head_step, post_step)),
+        ensemble(CLASSIFY_PRODUCT.model, (TEXT,), labels, (tokenize, classify, post_step)),
         ensemble(
             ENRICH_ITEM.model,
             (TEXT,),
             [Tensor("embedding", "FP32", (EMBEDDING_DIM,)), *labels],
-            (tokenize, encode, head_step, post_step),
+            (tokenize, encode, classify, post_step),
         ),
     ]
 
@@ -239,18 +235,18 @@ def _sentiment(target: Target) -> list[ModelSpec]:
 
     probs = Tensor("probabilities", "FP32", (2,))
     outputs = (Tensor("label", "STRING", (1,)), Tensor("probability", "FP32", (1,)))
+    tokens = {"input_ids": "ids", "attention_mask": "mask"}
     return [
-        tokenizer("review_tokenizer", sentiment.MAX_TOKENS, target),
-        head("sentiment", "sentiment", (SENTENCE_EMBEDDING,), (probs,)),
+        tokenizer("review_tokenizer", sentiment.MAX_LENGTH, target),
+        encoder("sentiment", "sentiment", target, (probs,)),
         postprocess("sentiment_postprocess", "sentiment_postprocess", (probs,), outputs),
         ensemble(
             ANALYZE_SENTIMENT.model,
             (TEXT,),
             outputs,
             (
-                Step("review_tokenizer", {"text": "text"}, {"input_ids": "ids", "attention_mask": "mask"}),
-                Step("encoder", {"input_ids": "ids", "attention_mask": "mask"}, {"sentence_embedding": "embedding"}),
-                Step("sentiment", {"sentence_embedding": "embedding"}, {"probabilities": "probabilities"}),
+                Step("review_tokenizer", {"text": "text"}, tokens),
+                Step("sentiment", tokens, {"probabilities": "probabilities"}),
                 Step("sentiment_postprocess", {"probabilities": "probabilities"}, {"label": "label", "probability": "probability"}),
             ),
         ),

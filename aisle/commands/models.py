@@ -123,6 +123,198 @@ def eval_sentiment(
     ])
 
 
+# Errors an evaluation's input or its data can raise that the user fixes: reported as a message
+# and exit status 2 (csv.Error: a malformed CSV; UnicodeDecodeError is a ValueError).
+def _input_errors():
+    import csv
+
+    from workers.loading import LoadError
+
+    return (ValueError, KeyError, csv.Error, LoadError, OSError)
+
+
+def _ranking_table(r: dict, runs: list[str], metrics: tuple[str, ...]) -> list[str]:
+    """One row per run: each metric and its ratio to the best baseline at that metric."""
+    width = max(len(n) for n in runs)
+    lines = [" " * width + "".join(f"  {m:>17}" for m in metrics)]
+    for name in runs:
+        cells = []
+        for m in metrics:
+            ratio = r["ratio_to_best_baseline"][name][m]
+            cells.append(f"  {r[name][m]:.4f} ({ratio:.2f}x)" if ratio is not None else f"  {r[name][m]:.4f} (  -  )")
+        lines.append(f"{name:<{width}}" + "".join(f"{c:>19}" for c in cells))
+    lines.append("(x: ratio to the best baseline at that metric)")
+    return lines
+
+
+def _goal_lines(goals: dict) -> list[str]:
+    return [
+        f"goal {name} >= {g['goal']}: {g['value']:.3f} {'PASS' if g['pass'] else 'FAIL'}"
+        if g["value"] is not None else f"goal {name} >= {g['goal']}: n/a FAIL"
+        for name, g in goals.items()
+    ]
+
+
+def _calls_line(stats: dict) -> str:
+    line = f"gateway {stats['gateway']}: p50 {stats['p50_ms']:.1f} ms, {stats['degraded']} degraded, {stats['errors']} failed"
+    if stats["degraded_reasons"]:
+        line += f"; degraded because: {next(iter(stats['degraded_reasons']))}"
+    if stats["error_reasons"]:
+        line += f"; failed with: {next(iter(stats['error_reasons']))}"
+    return line
+
+
+@eval_app.command("search")
+def eval_search(
+    queries: Path = typer.Option(..., help="CSV with query_id, query (the Home Depot format)."),
+    qrels: Path = typer.Option(..., help="CSV with query_id, product_uid, relevance (1-3)."),
+    gateway: str = typer.Option(None, help="Gateway host:port serving the same database (default: AISLE_GATEWAY_ADDRESS, else the stack's when the database is the stack's, else one in this process)."),
+    limit: int = typer.Option(None, min=1, help="Only the first N judged queries."),
+    concurrency: int = typer.Option(8, min=1, help="Searches in flight at once."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """NDCG@10 and Recall@100 of Search through the gateway, against BM25, dense and their RRF.
+
+    Full-catalog and judged-pool NDCG@10 (gain = relevance - 1) and Recall@100 (relevance >= 2.5)
+    of the system and of BM25-only, dense-only and their reciprocal-rank fusion (k=60) over the
+    same catalog, each with its ratio to the best baseline. Needs the catalog loaded and refreshed in the stack's database (`aisle up`, `aisle load
+    homedepot …`, `aisle refresh all`) or AISLE_DATABASE_URL and AISLE_TRITON_URL."""
+    from aisle.evaluation.search import GatewayCallError, evaluate_search, load_judged
+
+    # The input first: a wrong file is reported whether or not a stack runs.
+    _readable(queries)
+    _readable(qrels)
+    try:
+        judged, judgements = load_judged(queries, qrels, limit)
+    except _input_errors() as exc:
+        fail(str(exc))
+    settings = _stack_settings()
+    if not settings.database_url or not settings.triton_url:
+        fail("needs the local stack (`aisle up`) or AISLE_DATABASE_URL and AISLE_TRITON_URL")
+    try:
+        r = evaluate_search(settings, judged, judgements, gateway or _gateway_of_database(), concurrency,
+                            say=lambda m: None if as_json else say(m))
+    except _evaluation_errors() + (GatewayCallError,) as exc:
+        fail(str(exc))
+    _emit(r, as_json, [
+        f"{r['system']['queries']} queries on a catalog of {r['catalog_items']} items "
+        f"({r['judged_products_in_catalog']}/{r['judged_products']} judged products in it)",
+        *_ranking_table(r, ["system", "bm25", "dense", "rrf"], ("ndcg@10", "ndcg@10_judged", "recall@100")),
+        _calls_line(r["system_calls"]),
+        *_goal_lines(r["goals"]),
+    ])
+
+
+def _gateway_of_database() -> str | None:
+    """The gateway that serves the database the evaluation reads: AISLE_GATEWAY_ADDRESS, else
+    the local stack's live gateway when the database is the stack's too (with AISLE_DATABASE_URL
+    set, the stack's gateway may serve another catalog), else None (one in this process)."""
+    from aisle.stack import read_state
+    from core.settings import get_settings
+
+    base = get_settings()
+    if base.gateway_address:
+        return base.gateway_address
+    if base.database_url:
+        return None
+    component = read_state(base).get("gateway")
+    return component.address if component is not None and component.alive() else None
+
+
+def _evaluation_errors():
+    """What a running evaluation raises that is the data's or the environment's fault."""
+    import psycopg
+
+    from aisle.evaluation.served import GatewayUnavailable
+    from core.triton import TritonError
+
+    return _input_errors() + (psycopg.Error, TritonError, GatewayUnavailable, LookupError)
+
+
+@eval_app.command("recommend")
+def eval_recommend(
+    interactions: Path = typer.Option(..., help="CSV with reviewer_id, position, asin, loo_split: everyone's history."),
+    test: Path = typer.Option(..., help="Held-out rows, same format (`test` rows, else `valid`, else each user's last)."),
+    items: Path = typer.Option(DATA / "scientific" / "items.csv", help="Items of the interactions (Scientific format)."),
+    users: int = typer.Option(None, min=1, help="Only the first N test users."),
+    concurrency: int = typer.Option(8, min=1, help="Recommend calls in flight at once."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Recall and NDCG@10/20 of Recommend's next item, against popularity, co-occurrence, blend.
+
+    Full ranking, history excluded, through a gateway on a scratch database that holds exactly
+    each user's history; baselines on the same history: popularity, item co-occurrence from the
+    recent items, and co-occurrence blended with text-embedding similarity (weight tuned on the
+    `valid` rows). Needs the stack's Postgres and Triton (`aisle up`) or AISLE_DATABASE_URL and AISLE_TRITON_URL."""
+    from aisle.evaluation.recommend import evaluate_recommend, load_split
+    from aisle.evaluation.search import GatewayCallError
+
+    for path in (interactions, test, items):
+        _readable(path)
+    try:
+        split = load_split(interactions, test, users)
+    except _input_errors() as exc:
+        fail(str(exc))
+    settings = _stack_settings()
+    if not settings.database_url or not settings.triton_url:
+        fail("needs the local stack (`aisle up`) or AISLE_DATABASE_URL and AISLE_TRITON_URL")
+    try:
+        r = evaluate_recommend(settings, split, items, concurrency, say=lambda m: None if as_json else say(m))
+    except _evaluation_errors() + (GatewayCallError,) as exc:
+        fail(str(exc))
+    _emit(r, as_json, [
+        f"{r['users']} users ({r['users_with_history']} with history), held-out rows: {r['target_split']}; "
+        f"blend weight {r['blend_weight']} (tuned on valid rows{', the same targets' if r['blend_tuning']['tuned_on_targets'] else ''})",
+        *_ranking_table(r, ["system", "popularity", "cooccurrence", "blend"], ("recall@10", "recall@20", "ndcg@10", "ndcg@20")),
+        _calls_line(r["system_calls"]),
+        *_goal_lines(r["goals"]),
+    ])
+
+
+def _train_head(module, data: Path, out: Path, seed: int, holdout: float, as_json: bool) -> None:
+    import json
+
+    _readable(data)
+    if not 0 <= holdout < 1:
+        fail("--holdout must be in [0, 1)")
+    try:
+        metrics = module.train(data, out, seed=seed, holdout=holdout)
+    except (KeyError, ValueError) as exc:
+        fail(f"{data}: {exc}")
+    if as_json:
+        print(json.dumps(metrics))
+    else:
+        say(f"wrote {out}")
+
+
+@train_app.command("classifier")
+def train_classifier(
+    data: Path = typer.Option(DATA / "instacart" / "products_train.csv", help="CSV with product_name, department, aisle."),
+    out: Path = typer.Option(REPO_ROOT / "export" / "weights" / "product_classifier"),
+    seed: int = typer.Option(0),
+    holdout: float = typer.Option(0.1, help="Share of rows held out (stratified by aisle) for the printed accuracy; 0 trains on all."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Train the product classifier (LoRA on MiniLM; deterministic for a seed and thread count)."""
+    from export.heads import product_classifier
+
+    _train_head(product_classifier, data, out, seed, holdout, as_json)
+
+
+@train_app.command("sentiment")
+def train_sentiment(
+    data: Path = typer.Option(DATA / "sentiment" / "reviews_train.csv", help="CSV with title, review_text and label or rating."),
+    out: Path = typer.Option(REPO_ROOT / "export" / "weights" / "sentiment"),
+    seed: int = typer.Option(0),
+    holdout: float = typer.Option(0.1, help="Share of products held out (split by asin) for the printed metrics; 0 trains on all."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Train the review sentiment model (LoRA on MiniLM's top layers; deterministic for a seed)."""
+    from export.heads import sentiment
+
+    _train_head(sentiment, data, out, seed, holdout, as_json)
+
+
 @train_app.command("ranker")
 def train_ranker(
     queries: Path = typer.Option(DATA / "homedepot" / "queries_dev.csv"),

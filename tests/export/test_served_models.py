@@ -126,3 +126,85 @@ def test_bad_requests_in_flight_do_not_poison_good_ones(aisle_client, client, ti
         # then every good request still gets its own embeddings, row for row
         for i, fut in enumerate(goods):
             np.testing.assert_allclose(fut.result(), expected[i * 10 : i * 10 + 10], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def products() -> list[tuple[str, str, str]]:
+    from export.heads.datasets import read_products
+
+    # Every 100th labelled row: spread over the file, a few hundred names.
+    return read_products(data_file("instacart", "products_train.csv"))[::100]
+
+
+@pytest.fixture(scope="module")
+def reviews() -> list[tuple[str, str]]:
+    from export.heads.datasets import read_reviews
+
+    return read_reviews(data_file("sentiment", "reviews_train.csv"))[::40]
+
+
+def _served(client, model: str) -> None:
+    if not client.is_model_ready(model):
+        pytest.skip(f"{model} is not in the exported repository (no weights under export/weights)")
+
+
+def test_classify_product_returns_ranked_labels_of_the_taxonomy(client, aisle_client, products):
+    from export.heads.product_classifier import AISLES, DEPARTMENT_AISLES, DEPARTMENTS
+
+    _served(client, "classify_product")
+    # given real Instacart product names
+    names = [name for name, _, _ in products]
+    # when the ensemble classifies them
+    results = aisle_client.classify(names)
+    # then each gets top-5 departments and aisles of the taxonomy, most probable first, and the
+    # top aisle belongs to the top department most of the time (they come from one distribution)
+    assert len(results) == len(names)
+    for c in results:
+        assert len(c.department) == len(c.aisle) == 5
+        assert set(c.department) <= set(DEPARTMENTS) and set(c.aisle) <= set(AISLES)
+        assert c.department_prob == sorted(c.department_prob, reverse=True)
+        assert 0 < c.department_prob[0] <= 1.0 + 1e-6
+    consistent = np.mean([c.aisle[0] in DEPARTMENT_AISLES[c.department[0]] for c in results])
+    assert consistent > 0.95
+    # and they are mostly right (rows seen in training: this checks the wiring, docs/models.md the quality)
+    accuracy = np.mean([c.department[0] == dept for c, (_, dept, _) in zip(results, products)])
+    assert accuracy > 0.8
+
+
+def test_enrich_item_gives_the_embedding_and_the_category_in_one_call(client, aisle_client, products):
+    from core.model_interfaces import ENRICH_ITEM
+
+    _served(client, ENRICH_ITEM.model)
+    names = [name for name, _, _ in products[:20]]
+    # when items are enriched
+    result = _infer_raw(client, ENRICH_ITEM.model, [[n.encode()] for n in names])
+    # then the embedding equals embed_text's and the categories equal classify_product's
+    np.testing.assert_allclose(result.as_numpy("embedding"), aisle_client.embed(names), atol=1e-5)
+    departments = [row[0].decode() for row in result.as_numpy("department")]
+    assert departments == [c.department[0] for c in aisle_client.classify(names)]
+
+
+def test_analyze_sentiment_labels_real_reviews(client, aisle_client, reviews):
+    _served(client, "analyze_sentiment")
+    # given real reviews, half of them long
+    texts = [text for text, _ in reviews]
+    # when the ensemble scores them
+    results = aisle_client.sentiment(texts)
+    # then each gets a label with the probability of that label, and most are right
+    assert len(results) == len(texts)
+    assert all(label in ("positive", "negative") and 0.5 <= p <= 1.0 + 1e-6 for label, p in results)
+    accuracy = np.mean([label == gold for (label, _), (_, gold) in zip(results, reviews)])
+    assert accuracy > 0.85
+
+
+@pytest.mark.parametrize("model", ["classify_product", "analyze_sentiment"])
+def test_classifier_ensembles_refuse_bad_text_and_stay_up(client, model):
+    _served(client, model)
+    for values, expected in (([[b""]], "text[0] is empty"), ([[b"\xff broken"]], "not valid UTF-8")):
+        with pytest.raises(InferenceServerException) as err:
+            _infer_raw(client, model, values)
+        assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert expected in err.value.message()
+    with pytest.raises(InferenceServerException):
+        _infer_raw(client, model, [[b"ok"]] * (REQUEST_MAX_BATCH + 1))
+    assert _infer_raw(client, model, [[b"organic whole milk"]]).get_response() is not None

@@ -1,0 +1,296 @@
+"""Instacart department and aisle from a product name: MiniLM with LoRA adapters, merged for serving.
+
+A head on the frozen shared encoder reached 0.86 department accuracy on our held-out split, short
+of the 0.90 goal (docs/models.md), so the classifier adapts the encoder itself: LoRA on every
+layer, merged into a self-contained ONNX graph ``(input_ids, attention_mask) -> department_probs,
+aisle_probs``. It reads the same token ids as the shared encoder, so item enrichment tokenizes
+once and runs both graphs on them. Only the adapters and the head are committed.
+
+The head predicts aisles; ``department_probs`` is the aisle distribution summed per department
+(every aisle belongs to exactly one department), so the two outputs never contradict each other.
+
+Train: ``python -m export.heads.product_classifier ../shared/data/instacart/products_train.csv``
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from sklearn.metrics import f1_score
+
+from core.model_interfaces import EMBEDDING_DIM
+from export.encoder import MeanPooledEncoder, load_transformer
+from export.heads.datasets import read_products
+from export.heads.onnx_graph import export_named
+from export.heads.partial_finetune import (
+    frozen_prefix,
+    lora,
+    mean_pooled,
+    shuffled_batches,
+)
+from export.heads.reproducibility import seed_everything
+from export.heads.splits import stratified_holdout
+from export.heads.wordpieces import encode
+
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAMES = ("department_probs", "aisle_probs")
+# Product names average 10.7 wordpieces with [CLS]/[SEP] and the longest training name has 41, so
+# 128 (the tokenizer.json default, shared with the embedding endpoint) never truncates a real name.
+MAX_LENGTH = 128
+WEIGHTS_FILE = "classifier.safetensors"
+LABELS_FILE = "labels.json"
+_HEAD_PREFIX = "head."
+
+# The Instacart taxonomy without "missing"/"other": every aisle sits in exactly one department.
+DEPARTMENT_AISLES: dict[str, tuple[str, ...]] = {
+    "alcohol": ("beers coolers", "red wines", "specialty wines champagnes", "spirits", "white wines"),
+    "babies": ("baby accessories", "baby bath body care", "baby food formula", "diapers wipes"),
+    "bakery": ("bakery desserts", "bread", "breakfast bakery", "buns rolls", "tortillas flat bread"),
+    "beverages": (
+        "cocoa drink mixes", "coffee", "energy sports drinks", "juice nectars", "refrigerated", "soft drinks",
+        "tea", "water seltzer sparkling water",
+    ),
+    "breakfast": ("breakfast bars pastries", "cereal", "granola", "hot cereal pancake mixes"),
+    "bulk": ("bulk dried fruits vegetables", "bulk grains rice dried goods"),
+    "canned goods": (
+        "canned fruit applesauce", "canned jarred vegetables", "canned meals beans", "canned meat seafood",
+        "soup broth bouillon",
+    ),
+    "dairy eggs": (
+        "butter", "cream", "eggs", "milk", "other creams cheeses", "packaged cheese",
+        "refrigerated pudding desserts", "soy lactosefree", "specialty cheeses", "yogurt",
+    ),
+    "deli": (
+        "fresh dips tapenades", "lunch meat", "prepared meals", "prepared soups salads",
+        "tofu meat alternatives",
+    ),
+    "dry goods pasta": (
+        "dry pasta", "fresh pasta", "grains rice dried goods", "instant foods", "pasta sauce",
+    ),
+    "frozen": (
+        "frozen appetizers sides", "frozen breads doughs", "frozen breakfast", "frozen dessert",
+        "frozen juice", "frozen meals", "frozen meat seafood", "frozen pizza", "frozen produce",
+        "frozen vegan vegetarian", "ice cream ice",
+    ),
+    "household": (
+        "air fresheners candles", "cleaning products", "dish detergents", "food storage", "kitchen supplies",
+        "laundry", "more household", "paper goods", "plates bowls cups flatware", "trash bags liners",
+    ),
+    "international": ("asian foods", "indian foods", "kosher foods", "latino foods"),
+    "meat seafood": (
+        "hot dogs bacon sausage", "meat counter", "packaged meat", "packaged poultry", "packaged seafood",
+        "poultry counter", "seafood counter",
+    ),
+    "pantry": (
+        "baking ingredients", "baking supplies decor", "condiments", "doughs gelatins bake mixes",
+        "honeys syrups nectars", "marinades meat preparation", "oils vinegars", "pickled goods olives",
+        "preserved dips spreads", "salad dressing toppings", "spices seasonings", "spreads",
+    ),
+    "personal care": (
+        "beauty", "body lotions soap", "cold flu allergy", "deodorants", "digestion", "eye ear care",
+        "facial care", "feminine care", "first aid", "hair care", "muscles joints pain relief",
+        "oral hygiene", "protein meal replacements", "shave needs", "skin care", "soap",
+        "vitamins supplements",
+    ),
+    "pets": ("cat food care", "dog food care"),
+    "produce": (
+        "fresh fruits", "fresh herbs", "fresh vegetables", "packaged produce", "packaged vegetables fruits",
+    ),
+    "snacks": (
+        "candy chocolate", "chips pretzels", "cookies cakes", "crackers", "energy granola bars",
+        "fruit vegetable snacks", "ice cream toppings", "mint gum", "nuts seeds dried fruit", "popcorn jerky",
+        "trail mix snack mix",
+    ),
+}
+
+# Column order of ``department_probs`` and ``aisle_probs``.
+DEPARTMENTS: tuple[str, ...] = tuple(DEPARTMENT_AISLES)
+AISLES: tuple[str, ...] = tuple(sorted(a for aisles in DEPARTMENT_AISLES.values() for a in aisles))
+# Label order of each probability output, by head name (the served tensors are ``<name>_probs``).
+LABELS: dict[str, tuple[str, ...]] = {"department": DEPARTMENTS, "aisle": AISLES}
+
+
+def aisle_to_department_matrix() -> torch.Tensor:
+    """``[132, 19]`` 0/1 matrix: aisle probabilities times it give department probabilities."""
+    matrix = torch.zeros(len(AISLES), len(DEPARTMENTS))
+    for d, department in enumerate(DEPARTMENTS):
+        for aisle in DEPARTMENT_AISLES[department]:
+            matrix[AISLES.index(aisle), d] = 1.0
+    return matrix
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    # LoRA on every layer: names are ~11 wordpieces, so tuning all six layers stays cheap.
+    first_tuned_layer: int = 0
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    epochs: int = 4
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    head_learning_rate: float = 3e-3
+    weight_decay: float = 0.01
+    label_smoothing: float = 0.1
+    # Cosine classifier: logits = head(scale * unit embedding), as for sentiment.
+    logit_scale: float = 20.0
+
+
+class ClassifierModel(torch.nn.Module):
+    """What Triton runs: adapted encoder, aisle softmax, department = summed aisle probabilities."""
+
+    def __init__(self, transformer: torch.nn.Module, head: torch.nn.Linear, logit_scale: float):
+        super().__init__()
+        self.encoder = MeanPooledEncoder(transformer)
+        self.head = head
+        self.logit_scale = logit_scale
+        self.register_buffer("aisle_to_department", aisle_to_department_matrix(), persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        aisle_probs = torch.softmax(self.head(self.encoder(input_ids, attention_mask) * self.logit_scale), dim=1)
+        return aisle_probs @ self.aisle_to_department, aisle_probs
+
+
+def _loss(logits: torch.Tensor, departments: torch.Tensor, aisles: torch.Tensor, matrix: torch.Tensor, smoothing: float):
+    aisle_loss = torch.nn.functional.cross_entropy(logits, aisles, label_smoothing=smoothing)
+    # Department NLL through the summed aisle distribution trains the hierarchy without a second
+    # head (frozen-encoder head, held-out dept accuracy: 0.857 summed vs 0.852 separate softmax).
+    department_probs = torch.softmax(logits, dim=1) @ matrix
+    department_loss = torch.nn.functional.nll_loss(torch.log(department_probs.clamp(min=1e-12)), departments)
+    return aisle_loss + department_loss
+
+
+def _fit(prefix, dept_y, aisle_y, rows: np.ndarray, config: ClassifierConfig, seed: int):
+    generator = seed_everything(seed)
+    transformer = load_transformer()
+    peft_model = lora(transformer, config.first_tuned_layer, config.lora_rank, config.lora_alpha, config.lora_dropout)
+    head = torch.nn.Linear(EMBEDDING_DIM, len(AISLES))
+    matrix = aisle_to_department_matrix()
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for p in peft_model.parameters() if p.requires_grad], "lr": config.learning_rate},
+            {"params": head.parameters(), "lr": config.head_learning_rate},
+        ],
+        weight_decay=config.weight_decay,
+    )
+    steps_per_epoch = -(-len(rows) // config.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        [config.learning_rate, config.head_learning_rate],
+        total_steps=config.epochs * steps_per_epoch,
+        pct_start=0.06,
+        anneal_strategy="linear",
+    )
+    for epoch in range(config.epochs):
+        peft_model.train()
+        for batch in shuffled_batches(rows, prefix, config.batch_size, generator):
+            embedding = mean_pooled(transformer, config.first_tuned_layer, prefix, batch)
+            logits = head(embedding * config.logit_scale)
+            loss = _loss(logits, dept_y[batch], aisle_y[batch], matrix, config.label_smoothing)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        print(f"epoch {epoch + 1}/{config.epochs} done", file=sys.stderr, flush=True)
+    peft_model.eval()
+    return peft_model, transformer, head
+
+
+def _predict(transformer, head, prefix, rows: np.ndarray, config: ClassifierConfig) -> np.ndarray:
+    """Aisle probabilities ``[len(rows), n_aisles]``."""
+    out = np.zeros((len(rows), len(AISLES)), dtype=np.float32)
+    order = sorted(range(len(rows)), key=lambda k: len(prefix[rows[k]]))
+    with torch.no_grad():
+        for start in range(0, len(order), 64):
+            ks = order[start : start + 64]
+            embedding = mean_pooled(transformer, config.first_tuned_layer, prefix, [int(rows[k]) for k in ks])
+            out[ks] = torch.softmax(head(embedding * config.logit_scale), dim=1).numpy()
+    return out
+
+
+def train(
+    data_csv: Path, out_dir: Path, seed: int = 0, holdout: float = 0.1, config: ClassifierConfig = ClassifierConfig()
+) -> dict:
+    """Fit on ``1 - holdout`` of the rows (stratified by aisle), report held-out accuracy, save weights.
+
+    ``holdout=0`` trains on every row and reports no held-out metrics.
+    """
+    started = time.perf_counter()
+    rows = read_products(Path(data_csv))
+    unknown = {(d, a) for _, d, a in rows if a not in DEPARTMENT_AISLES.get(d, ())}
+    if unknown:
+        raise ValueError(f"(department, aisle) pairs outside the served taxonomy: {sorted(unknown)[:5]}")
+    dept_y = torch.tensor([DEPARTMENTS.index(d) for _, d, _ in rows])
+    aisle_y = torch.tensor([AISLES.index(a) for _, _, a in rows])
+    if holdout > 0:
+        train_rows, held_rows = stratified_holdout([a for _, _, a in rows], holdout, seed)
+    else:
+        train_rows, held_rows = np.arange(len(rows)), np.arange(0)
+    token_ids = encode([name for name, _, _ in rows], MAX_LENGTH)
+    prefix = frozen_prefix(load_transformer(), token_ids, config.first_tuned_layer)
+    peft_model, transformer, head = _fit(prefix, dept_y, aisle_y, train_rows, config, seed)
+
+    from peft import get_peft_model_state_dict
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
+    tensors |= {_HEAD_PREFIX + k: v.contiguous() for k, v in head.state_dict().items()}
+    save_file(tensors, str(out_dir / WEIGHTS_FILE))
+    (out_dir / LABELS_FILE).write_text(
+        json.dumps({"departments": DEPARTMENTS, "aisles": AISLES, "config": asdict(config)}, indent=1) + "\n"
+    )
+    metrics: dict = {
+        "train_rows": len(train_rows),
+        "held_out_rows": len(held_rows),
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "weight_bytes": (out_dir / WEIGHTS_FILE).stat().st_size,
+    }
+    if len(held_rows):
+        aisle_probs = _predict(transformer, head, prefix, held_rows, config)
+        dept_pred = (aisle_probs @ aisle_to_department_matrix().numpy()).argmax(1)
+        dy, ay = dept_y[held_rows].numpy(), aisle_y[held_rows].numpy()
+        metrics |= {
+            "department_accuracy": round(float((dept_pred == dy).mean()), 4),
+            "department_macro_f1": round(float(f1_score(dy, dept_pred, average="macro")), 4),
+            "aisle_accuracy": round(float((aisle_probs.argmax(1) == ay).mean()), 4),
+            "aisle_macro_f1": round(float(f1_score(ay, aisle_probs.argmax(1), average="macro")), 4),
+        }
+    print(json.dumps(metrics))
+    return metrics
+
+
+def load(weights_dir: Path) -> ClassifierModel:
+    """Base MiniLM with the trained adapters merged in, plus the head, in eval mode; refuses weights
+    written for another label order."""
+    from peft import set_peft_model_state_dict
+
+    meta = json.loads((Path(weights_dir) / LABELS_FILE).read_text())
+    if tuple(meta["departments"]) != DEPARTMENTS or tuple(meta["aisles"]) != AISLES:
+        raise ValueError(f"{weights_dir}: label order differs from this module's DEPARTMENTS/AISLES")
+    config = ClassifierConfig(**meta["config"])
+    tensors = load_file(str(Path(weights_dir) / WEIGHTS_FILE))
+    peft_model = lora(load_transformer(), config.first_tuned_layer, config.lora_rank, config.lora_alpha, config.lora_dropout)
+    set_peft_model_state_dict(peft_model, {k: v for k, v in tensors.items() if not k.startswith(_HEAD_PREFIX)})
+    merged = peft_model.merge_and_unload()
+    head = torch.nn.Linear(EMBEDDING_DIM, len(AISLES))
+    head.load_state_dict({k[len(_HEAD_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_HEAD_PREFIX)})
+    return ClassifierModel(merged, head, config.logit_scale).eval()
+
+
+def to_onnx(weights_dir: Path, out_path: Path) -> Path:
+    """Self-contained graph: (input_ids, attention_mask) -> department_probs, aisle_probs."""
+    model = load(weights_dir)
+    ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.int64)
+    return export_named(model, (ids, (ids != 0).to(torch.int64)), Path(out_path), INPUT_NAMES, OUTPUT_NAMES)
+
+
+if __name__ == "__main__":
+    train(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).parents[1] / "weights" / "product_classifier")
