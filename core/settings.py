@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, FilePath, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +68,32 @@ class Settings(BaseSettings):
     # Comma-separated API keys for the gateway; empty means no authentication.
     api_keys: Annotated[tuple[str, ...], NoDecode] = ()
 
+    # Gateway limits against abusive clients (docs/api.md, "Limits and status codes").
+    # Largest request message: larger ones answer RESOURCE_EXHAUSTED before a byte of them is
+    # parsed. A full ClassifyProduct batch of ASCII text is 128 x 32 KiB = 4 MiB; 8 MiB leaves
+    # room for multi-byte text. The floor keeps every valid Search, Recommend, SimilarItems and
+    # TrackEvent within the limit: the largest, a Recommend with every list full of 4-byte
+    # characters, is about 160 KiB.
+    max_message_bytes: int = Field(8 * 1024 * 1024, ge=256 * 1024, le=2**31 - 1)
+    # Calls in flight on one HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS): more wait in
+    # the client until one ends, so a single connection cannot occupy the server with
+    # thousands of calls. 100 is HTTP/2's recommended minimum and far beyond what one replica's
+    # pipeline runs at once (16 Postgres connections).
+    max_concurrent_streams: int = Field(100, ge=1, le=2**31 - 1)
+    # Per-client token bucket: calls per second and burst, a client being its API key (or its IP
+    # address without keys). 0 turns it off, the default: the benchmarks and the soak measure
+    # one client's maximum rate, and deployments usually limit at the ingress; set it where the
+    # gateway is reachable by clients it does not trust. Health checks are never limited.
+    rate_limit_qps: float = Field(0.0, ge=0, allow_inf_nan=False)
+    # Calls a client may make at once after being idle; unset: one second's worth of calls.
+    rate_limit_burst: int | None = Field(None, ge=1)
+
+    # TLS on the gateway's port: a PEM certificate (chain) and its private key. With a client
+    # CA as well, clients must present a certificate that CA signed (mTLS). Unset: plaintext.
+    tls_cert: FilePath | None = None
+    tls_key: FilePath | None = Field(None, validate_default=True)
+    tls_client_ca: FilePath | None = Field(None, validate_default=True)
+
     @field_validator("event_weights", mode="before")
     @classmethod
     def _parse_weights(cls, value):
@@ -85,6 +112,42 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = tuple(k.strip() for k in value.split(",") if k.strip())
         return tuple(value)
+
+    @field_validator("tls_cert")
+    @classmethod
+    def _check_cert(cls, value):
+        if value is not None and b"-----BEGIN CERTIFICATE-----" not in value.read_bytes():
+            raise ValueError(f"{value} is not a PEM certificate")
+        return value
+
+    @field_validator("tls_key")
+    @classmethod
+    def _check_key(cls, value, info: ValidationInfo):
+        if "tls_cert" not in info.data:
+            return value  # the certificate failed its own validation, which says why
+        if (value is None) != (info.data["tls_cert"] is None):
+            raise ValueError("AISLE_TLS_CERT and AISLE_TLS_KEY go together: set both or neither")
+        if value is not None and b"PRIVATE KEY-----" not in value.read_bytes():
+            raise ValueError(f"{value} is not a PEM private key")
+        return value
+
+    @field_validator("tls_client_ca")
+    @classmethod
+    def _check_client_ca(cls, value, info: ValidationInfo):
+        if value is None:
+            return value
+        if "tls_cert" in info.data and info.data["tls_cert"] is None:
+            raise ValueError("client certificates (mTLS) need TLS: set AISLE_TLS_CERT and AISLE_TLS_KEY")
+        if b"-----BEGIN CERTIFICATE-----" not in value.read_bytes():
+            raise ValueError(f"{value} is not a PEM certificate")
+        return value
+
+    @property
+    def rate_limit_bucket(self) -> int:
+        """The burst a client gets: AISLE_RATE_LIMIT_BURST, else one second's worth of calls."""
+        if self.rate_limit_burst is not None:
+            return self.rate_limit_burst
+        return max(1, math.ceil(self.rate_limit_qps))
 
     @field_validator("database_url")
     @classmethod

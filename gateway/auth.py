@@ -36,13 +36,20 @@ class ApiKeys:
         return bool(self._keys)
 
     def accepts(self, presented: str | bytes | None) -> bool:
+        return self.index_of(presented) is not None
+
+    def index_of(self, presented: str | bytes | None) -> int | None:
+        """Position of ``presented`` among the configured keys (None: not one of them): a name
+        for the key that is not the key, for the rate limiter's buckets."""
         if presented is None:
-            return False
+            return None
         given = presented.encode("utf-8") if isinstance(presented, str) else presented
-        ok = False
-        for key in self._keys:
-            ok |= hmac.compare_digest(given, key)
-        return ok
+        found = None
+        for i, key in enumerate(self._keys):
+            # Every key is compared, whatever matched: the time says nothing about which.
+            if hmac.compare_digest(given, key):
+                found = i
+        return found
 
 
 def presented_key(metadata) -> str | bytes | None:

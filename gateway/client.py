@@ -10,6 +10,9 @@
 Methods return the generated response messages (gateway/protos/aisle/v1/aisle_pb2.pyi) and
 raise :class:`grpc.RpcError` with the server's status code and message.
 
+TLS: pass ``credentials=tls_credentials(root_ca="ca.pem")`` (plus ``cert``/``key`` for a gateway
+that requires client certificates); without credentials the channel is plaintext.
+
 Retries: the channel's service config retries UNAVAILABLE, with backoff, for the idempotent
 reads only (Search, Recommend, SimilarItems, ClassifyProduct, AnalyzeReviews); TrackEvent is
 never retried, so an event is not recorded twice when only its answer was lost.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -66,6 +70,20 @@ def make_filters(
     return f if f.ListFields() else None
 
 
+def tls_credentials(
+    root_ca: str | Path | None = None, cert: str | Path | None = None, key: str | Path | None = None
+) -> grpc.ChannelCredentials:
+    """Channel credentials for a TLS gateway: ``root_ca`` the PEM file of the CA to trust (None:
+    the system's roots), ``cert`` and ``key`` this client's certificate and key (mTLS)."""
+    if (cert is None) != (key is None):
+        raise ValueError("a client certificate needs its key, and a key its certificate")
+
+    def read(path):
+        return None if path is None else Path(path).read_bytes()
+
+    return grpc.ssl_channel_credentials(root_certificates=read(root_ca), private_key=read(key), certificate_chain=read(cert))
+
+
 class AisleClient:
     def __init__(
         self,
@@ -77,7 +95,7 @@ class AisleClient:
         options: Iterable[tuple[str, object]] = (),
     ):
         """``address`` host:port; ``timeout_s`` the deadline of each call unless the call gives
-        its own; ``credentials`` for TLS (plaintext without)."""
+        its own; ``credentials`` for TLS (:func:`tls_credentials`; plaintext without)."""
         self.address = address
         self.timeout_s = timeout_s
         self._metadata: tuple[tuple[str, str], ...] = ((API_KEY_HEADER, api_key),) if api_key else ()

@@ -1,5 +1,7 @@
 """The gateway's gRPC server: the Aisle service, the standard health service and reflection on
-one grpc.aio server, behind interceptors for request ids and logs, metrics and API keys.
+one grpc.aio server, behind interceptors for request ids and logs, metrics, the per-client rate
+limit, API keys and malformed requests (outermost first), with the message-size and
+concurrent-stream limits of the settings and, when configured, TLS or mTLS on its port.
 
     server, port = await create_server("0.0.0.0:50051", settings)
     ...
@@ -27,6 +29,7 @@ from core import logs
 from core.settings import Settings, get_settings
 from gateway import metrics
 from gateway.auth import ApiKeyInterceptor, ApiKeys, service_of
+from gateway.guards import DecodeInterceptor, RateLimiter, RateLimitInterceptor
 from gateway.pagination import PageTokens
 from gateway.protos.aisle.v1 import aisle_pb2, aisle_pb2_grpc
 from gateway.service import AisleService
@@ -43,8 +46,6 @@ READY_TIMEOUT_S = 5.0
 NOT_READY_NOTE_S = 30.0
 # How long a stop waits for the engine's connections to close.
 ENGINE_CLOSE_S = 5.0
-# Largest request accepted (a full ClassifyProduct batch is 128 x 32 KiB = 4 MiB).
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
 class RequestLogInterceptor(grpc.aio.ServerInterceptor):
@@ -189,10 +190,17 @@ async def create_server(
         engine = await Engine.create(settings)
     try:
         keys = ApiKeys(settings.api_keys)
+        interceptors = [RequestLogInterceptor(), metrics.MetricsInterceptor()]
+        if settings.rate_limit_qps > 0:
+            limiter = RateLimiter(settings.rate_limit_qps, settings.rate_limit_bucket)
+            interceptors.append(RateLimitInterceptor(limiter, keys))
+        # Keys before decoding: nothing of an unauthenticated caller is parsed.
+        interceptors += [ApiKeyInterceptor(keys), DecodeInterceptor()]
         server = grpc.aio.server(
-            interceptors=[RequestLogInterceptor(), metrics.MetricsInterceptor(), ApiKeyInterceptor(keys)],
+            interceptors=interceptors,
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
                 ("grpc.so_reuseport", 0),
             ],
         )
@@ -204,8 +212,12 @@ async def create_server(
         await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection((SERVICE_NAME, health_name, reflection.SERVICE_NAME), server)
+        credentials = server_credentials(settings)
         try:
-            port = server.add_insecure_port(address)
+            if credentials is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise OSError(f"cannot bind the gateway to {address}: {exc}") from None
         if port == 0:
@@ -224,12 +236,28 @@ async def create_server(
             raise
     gateway._readiness = asyncio.create_task(gateway._watch_readiness(), name="gateway-readiness")
     log.info(
-        "gateway serving on port %d (api keys %s%s)",
+        "gateway serving on port %d (%s, api keys %s, rate limit %s%s)",
         port,
+        "mTLS" if settings.tls_client_ca else "TLS" if settings.tls_cert else "plaintext",
         "required" if keys.enabled else "off",
+        f"{settings.rate_limit_qps:g}/s per client" if settings.rate_limit_qps > 0 else "off",
         f", metrics on port {gateway.metrics_port}" if gateway.metrics_port is not None else "",
     )
     return gateway, port
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials of the gateway's port from AISLE_TLS_CERT/KEY (None: plaintext); with
+    AISLE_TLS_CLIENT_CA, a client must present a certificate that CA signed (mTLS), else its
+    handshake fails before any call."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca is not None else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 async def serve(

@@ -211,6 +211,14 @@ def start_gateway(loop: LoopThread, settings: Settings, wait: bool = True, **kwa
     return gw
 
 
+def side_gateway(gateway_loop: LoopThread, gateway: Gateway, catalog: Catalog, triton_url: str, wait: bool = True,
+                 **overrides) -> Gateway:
+    """A gateway with other settings (limits, keys, TLS) over the session gateway's engine: no
+    second Postgres pool, and ready at once. ``stop()`` leaves the engine to its owner."""
+    settings = load_settings(database_url=catalog.url, triton_url=triton_url, **{"api_keys": (), **overrides})
+    return start_gateway(gateway_loop, settings, wait=wait, engine=gateway.server.engine)
+
+
 @pytest.fixture(scope="session")
 def gateway_loop():
     loop = LoopThread()
