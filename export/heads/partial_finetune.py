@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from export.heads.wordpieces import length_sorted_batches, pad
@@ -103,3 +104,89 @@ def shuffled_batches(
         chunk = sorted(order[start : start + window], key=lambda i: len(prefix[i]))
         batches += [chunk[s : s + batch_size] for s in range(0, len(chunk), batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+
+
+def fit_adapted(
+    prefix: Sequence[torch.Tensor], rows: Sequence[int], n_classes: int, config, seed: int, loss
+) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Linear]:
+    """LoRA adapters on layers ``config.first_tuned_layer..`` and a linear cosine head, trained on
+    ``rows`` with ``loss(logits, batch_rows)``; returns (peft wrapper, adapted transformer, head).
+
+    ``config`` carries the LoRA shape, epochs, batch size, learning rates (adapters, head),
+    weight decay and ``logit_scale`` (logits = head(scale * unit embedding): the unit-norm
+    embedding alone gives logits too flat for softmax cross-entropy to train in a few epochs).
+    """
+    from export.encoder import load_transformer
+    from export.heads.reproducibility import seed_everything
+
+    generator = seed_everything(seed)
+    transformer = load_transformer()
+    peft_model = lora(transformer, config.first_tuned_layer, config.lora_rank, config.lora_alpha, config.lora_dropout)
+    head = torch.nn.Linear(transformer.config.hidden_size, n_classes)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for p in peft_model.parameters() if p.requires_grad], "lr": config.learning_rate},
+            {"params": head.parameters(), "lr": config.head_learning_rate},
+        ],
+        weight_decay=config.weight_decay,
+    )
+    steps_per_epoch = -(-len(rows) // config.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        [config.learning_rate, config.head_learning_rate],
+        total_steps=config.epochs * steps_per_epoch,
+        pct_start=0.06,
+        anneal_strategy="linear",
+    )
+    for _ in range(config.epochs):
+        peft_model.train()
+        for batch in shuffled_batches(rows, prefix, config.batch_size, generator):
+            embedding = mean_pooled(transformer, config.first_tuned_layer, prefix, batch)
+            value = loss(head(embedding * config.logit_scale), batch)
+            optimizer.zero_grad()
+            value.backward()
+            optimizer.step()
+            schedule.step()
+    peft_model.eval()
+    return peft_model, transformer, head
+
+
+def predict_adapted(transformer, head, prefix: Sequence[torch.Tensor], rows: Sequence[int], config) -> np.ndarray:
+    """Class probabilities ``[len(rows), n_classes]`` from cached prefix states, in ``rows`` order."""
+    out = np.zeros((len(rows), head.out_features), dtype=np.float32)
+    order = sorted(range(len(rows)), key=lambda k: len(prefix[rows[k]]))
+    with torch.no_grad():
+        for start in range(0, len(order), 64):
+            ks = order[start : start + 64]
+            embedding = mean_pooled(transformer, config.first_tuned_layer, prefix, [int(rows[k]) for k in ks])
+            out[ks] = torch.softmax(head(embedding * config.logit_scale), dim=1).numpy()
+    return out
+
+
+HEAD_PREFIX = "head."
+
+
+def save_adapted(peft_model, head: torch.nn.Linear, path) -> None:
+    """Only what training changed: the adapters and the head (the base comes from its wheel)."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    tensors = {k: v.contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
+    tensors |= {HEAD_PREFIX + k: v.contiguous() for k, v in head.state_dict().items()}
+    save_file(tensors, str(path))
+
+
+def load_adapted(path, config, n_classes: int) -> tuple[torch.nn.Module, torch.nn.Linear]:
+    """Base MiniLM with the saved adapters merged in, and the head."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from export.encoder import load_transformer
+
+    tensors = load_file(str(path))
+    peft_model = lora(load_transformer(), config.first_tuned_layer, config.lora_rank, config.lora_alpha, config.lora_dropout)
+    set_peft_model_state_dict(peft_model, {k: v for k, v in tensors.items() if not k.startswith(HEAD_PREFIX)})
+    merged = peft_model.merge_and_unload()
+    head = torch.nn.Linear(merged.config.hidden_size, n_classes)
+    head.load_state_dict({k[len(HEAD_PREFIX) :]: v for k, v in tensors.items() if k.startswith(HEAD_PREFIX)})
+    return merged, head

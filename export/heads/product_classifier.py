@@ -22,20 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from sklearn.metrics import f1_score
 
-from core.model_interfaces import EMBEDDING_DIM
 from export.encoder import MeanPooledEncoder, load_transformer
 from export.heads.datasets import read_products
 from export.heads.onnx_graph import export_named
 from export.heads.partial_finetune import (
+    fit_adapted,
     frozen_prefix,
-    lora,
-    mean_pooled,
-    shuffled_batches,
+    load_adapted,
+    predict_adapted,
+    save_adapted,
 )
-from export.heads.reproducibility import seed_everything
 from export.heads.splits import stratified_holdout
 from export.heads.wordpieces import encode
 
@@ -46,7 +44,6 @@ OUTPUT_NAMES = ("department_probs", "aisle_probs")
 MAX_LENGTH = 128
 WEIGHTS_FILE = "classifier.safetensors"
 LABELS_FILE = "labels.json"
-_HEAD_PREFIX = "head."
 
 # The Instacart taxonomy without "missing"/"other": every aisle sits in exactly one department.
 DEPARTMENT_AISLES: dict[str, tuple[str, ...]] = {
@@ -167,54 +164,6 @@ def _loss(logits: torch.Tensor, departments: torch.Tensor, aisles: torch.Tensor,
     return aisle_loss + department_loss
 
 
-def _fit(prefix, dept_y, aisle_y, rows: np.ndarray, config: ClassifierConfig, seed: int):
-    generator = seed_everything(seed)
-    transformer = load_transformer()
-    peft_model = lora(transformer, config.first_tuned_layer, config.lora_rank, config.lora_alpha, config.lora_dropout)
-    head = torch.nn.Linear(EMBEDDING_DIM, len(AISLES))
-    matrix = aisle_to_department_matrix()
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for p in peft_model.parameters() if p.requires_grad], "lr": config.learning_rate},
-            {"params": head.parameters(), "lr": config.head_learning_rate},
-        ],
-        weight_decay=config.weight_decay,
-    )
-    steps_per_epoch = -(-len(rows) // config.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        [config.learning_rate, config.head_learning_rate],
-        total_steps=config.epochs * steps_per_epoch,
-        pct_start=0.06,
-        anneal_strategy="linear",
-    )
-    for epoch in range(config.epochs):
-        peft_model.train()
-        for batch in shuffled_batches(rows, prefix, config.batch_size, generator):
-            embedding = mean_pooled(transformer, config.first_tuned_layer, prefix, batch)
-            logits = head(embedding * config.logit_scale)
-            loss = _loss(logits, dept_y[batch], aisle_y[batch], matrix, config.label_smoothing)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-        print(f"epoch {epoch + 1}/{config.epochs} done", file=sys.stderr, flush=True)
-    peft_model.eval()
-    return peft_model, transformer, head
-
-
-def _predict(transformer, head, prefix, rows: np.ndarray, config: ClassifierConfig) -> np.ndarray:
-    """Aisle probabilities ``[len(rows), n_aisles]``."""
-    out = np.zeros((len(rows), len(AISLES)), dtype=np.float32)
-    order = sorted(range(len(rows)), key=lambda k: len(prefix[rows[k]]))
-    with torch.no_grad():
-        for start in range(0, len(order), 64):
-            ks = order[start : start + 64]
-            embedding = mean_pooled(transformer, config.first_tuned_layer, prefix, [int(rows[k]) for k in ks])
-            out[ks] = torch.softmax(head(embedding * config.logit_scale), dim=1).numpy()
-    return out
-
-
 def train(
     data_csv: Path, out_dir: Path, seed: int = 0, holdout: float = 0.1, config: ClassifierConfig = ClassifierConfig()
 ) -> dict:
@@ -235,15 +184,18 @@ def train(
         train_rows, held_rows = np.arange(len(rows)), np.arange(0)
     token_ids = encode([name for name, _, _ in rows], MAX_LENGTH)
     prefix = frozen_prefix(load_transformer(), token_ids, config.first_tuned_layer)
-    peft_model, transformer, head = _fit(prefix, dept_y, aisle_y, train_rows, config, seed)
-
-    from peft import get_peft_model_state_dict
-
+    matrix = aisle_to_department_matrix()
+    peft_model, transformer, head = fit_adapted(
+        prefix,
+        train_rows,
+        len(AISLES),
+        config,
+        seed,
+        lambda logits, batch: _loss(logits, dept_y[batch], aisle_y[batch], matrix, config.label_smoothing),
+    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
-    tensors |= {_HEAD_PREFIX + k: v.contiguous() for k, v in head.state_dict().items()}
-    save_file(tensors, str(out_dir / WEIGHTS_FILE))
+    save_adapted(peft_model, head, out_dir / WEIGHTS_FILE)
     (out_dir / LABELS_FILE).write_text(
         json.dumps({"departments": DEPARTMENTS, "aisles": AISLES, "config": asdict(config)}, indent=1) + "\n"
     )
@@ -254,7 +206,7 @@ def train(
         "weight_bytes": (out_dir / WEIGHTS_FILE).stat().st_size,
     }
     if len(held_rows):
-        aisle_probs = _predict(transformer, head, prefix, held_rows, config)
+        aisle_probs = predict_adapted(transformer, head, prefix, held_rows, config)
         dept_pred = (aisle_probs @ aisle_to_department_matrix().numpy()).argmax(1)
         dy, ay = dept_y[held_rows].numpy(), aisle_y[held_rows].numpy()
         metrics |= {
@@ -270,18 +222,11 @@ def train(
 def load(weights_dir: Path) -> ClassifierModel:
     """Base MiniLM with the trained adapters merged in, plus the head, in eval mode; refuses weights
     written for another label order."""
-    from peft import set_peft_model_state_dict
-
     meta = json.loads((Path(weights_dir) / LABELS_FILE).read_text())
     if tuple(meta["departments"]) != DEPARTMENTS or tuple(meta["aisles"]) != AISLES:
         raise ValueError(f"{weights_dir}: label order differs from this module's DEPARTMENTS/AISLES")
     config = ClassifierConfig(**meta["config"])
-    tensors = load_file(str(Path(weights_dir) / WEIGHTS_FILE))
-    peft_model = lora(load_transformer(), config.first_tuned_layer, config.lora_rank, config.lora_alpha, config.lora_dropout)
-    set_peft_model_state_dict(peft_model, {k: v for k, v in tensors.items() if not k.startswith(_HEAD_PREFIX)})
-    merged = peft_model.merge_and_unload()
-    head = torch.nn.Linear(EMBEDDING_DIM, len(AISLES))
-    head.load_state_dict({k[len(_HEAD_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_HEAD_PREFIX)})
+    merged, head = load_adapted(Path(weights_dir) / WEIGHTS_FILE, config, len(AISLES))
     return ClassifierModel(merged, head, config.logit_scale).eval()
 
 

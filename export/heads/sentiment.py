@@ -19,21 +19,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from sklearn.metrics import f1_score
 
-from core.model_interfaces import EMBEDDING_DIM
 from export.encoder import MeanPooledEncoder, load_transformer
 from export.heads.datasets import POSITIVE, SENTIMENT_LABELS, Review, read_review_rows
 from export.heads.embedding import embed
 from export.heads.onnx_graph import export_named
 from export.heads.partial_finetune import (
+    fit_adapted,
     frozen_prefix,
-    lora,
+    load_adapted,
     mean_pooled,
-    shuffled_batches,
+    predict_adapted,
+    save_adapted,
 )
-from export.heads.reproducibility import seed_everything
 from export.heads.splits import group_holdout
 from export.heads.wordpieces import encode
 
@@ -47,7 +46,6 @@ WEIGHTS_FILE = "sentiment.safetensors"
 LABELS_FILE = "labels.json"
 # Share of positives in the simulated other-category evaluation (README: "mostly positive").
 OTHER_CATEGORY_POSITIVE_SHARE = 0.8
-_HEAD_PREFIX = "head."
 
 
 @dataclass(frozen=True)
@@ -83,54 +81,14 @@ class SentimentModel(torch.nn.Module):
         return torch.softmax(self.head(self.encoder(input_ids, attention_mask) * self.logit_scale), dim=1)
 
 
-def _fit(
-    prefix: list[torch.Tensor], labels: torch.Tensor, rows: np.ndarray, config: SentimentConfig, seed: int
-) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Linear]:
-    """LoRA + head trained on ``rows``; returns (peft wrapper, adapted transformer, head)."""
-    generator = seed_everything(seed)
-    transformer = load_transformer()
-    peft_model = lora(transformer, config.first_tuned_layer, config.lora_rank, config.lora_alpha, config.lora_dropout)
-    head = torch.nn.Linear(EMBEDDING_DIM, len(LABELS))
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for p in peft_model.parameters() if p.requires_grad], "lr": config.learning_rate},
-            {"params": head.parameters(), "lr": config.head_learning_rate},
-        ],
-        weight_decay=config.weight_decay,
+def _fit(prefix: list[torch.Tensor], labels: torch.Tensor, rows: np.ndarray, config: SentimentConfig, seed: int):
+    return fit_adapted(
+        prefix, rows, len(LABELS), config, seed, lambda logits, batch: torch.nn.functional.cross_entropy(logits, labels[batch])
     )
-    steps_per_epoch = -(-len(rows) // config.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        [config.learning_rate, config.head_learning_rate],
-        total_steps=config.epochs * steps_per_epoch,
-        pct_start=0.06,
-        anneal_strategy="linear",
-    )
-    for _ in range(config.epochs):
-        peft_model.train()
-        for batch in shuffled_batches(rows, prefix, config.batch_size, generator):
-            embedding = mean_pooled(transformer, config.first_tuned_layer, prefix, batch)
-            loss = torch.nn.functional.cross_entropy(head(embedding * config.logit_scale), labels[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-    peft_model.eval()
-    return peft_model, transformer, head
 
 
-
-def _positive_probability(
-    transformer: torch.nn.Module, head: torch.nn.Linear, prefix: list[torch.Tensor], rows: np.ndarray, config: SentimentConfig
-) -> np.ndarray:
-    out = np.zeros(len(rows), dtype=np.float32)
-    order = sorted(range(len(rows)), key=lambda k: len(prefix[rows[k]]))
-    with torch.no_grad():
-        for start in range(0, len(order), 32):
-            ks = order[start : start + 32]
-            embedding = mean_pooled(transformer, config.first_tuned_layer, prefix, [int(rows[k]) for k in ks])
-            out[ks] = torch.softmax(head(embedding * config.logit_scale), dim=1)[:, 1].numpy()
-    return out
+def _positive_probability(transformer, head, prefix: list[torch.Tensor], rows: np.ndarray, config: SentimentConfig) -> np.ndarray:
+    return predict_adapted(transformer, head, prefix, rows, config)[:, LABELS.index(POSITIVE)]
 
 
 def mostly_positive_macro_f1(
@@ -183,14 +141,9 @@ def train(
     _, prefix, labels = _prepare(reviews, config)
     prefix_s = time.perf_counter() - started
     peft_model, transformer, head = _fit(prefix, labels, train_rows, config, seed)
-
-    from peft import get_peft_model_state_dict
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
-    tensors |= {_HEAD_PREFIX + k: v.contiguous() for k, v in head.state_dict().items()}
-    save_file(tensors, str(out_dir / WEIGHTS_FILE))
+    save_adapted(peft_model, head, out_dir / WEIGHTS_FILE)
     (out_dir / LABELS_FILE).write_text(json.dumps({"labels": LABELS, "config": asdict(config)}, indent=1) + "\n")
     metrics: dict = {
         "train_rows": len(train_rows),
@@ -233,18 +186,11 @@ def other_category_macro_f1(data_csv: Path, seed: int = 0, config: SentimentConf
 
 def load(weights_dir: Path) -> SentimentModel:
     """Base MiniLM with the trained adapters merged in, plus the head, in eval mode."""
-    from peft import set_peft_model_state_dict
-
     meta = json.loads((Path(weights_dir) / LABELS_FILE).read_text())
     if tuple(meta["labels"]) != LABELS:
         raise ValueError(f"{weights_dir}: label order {meta['labels']} differs from {LABELS}")
     config = SentimentConfig(**meta["config"])
-    tensors = load_file(str(Path(weights_dir) / WEIGHTS_FILE))
-    peft_model = lora(load_transformer(), config.first_tuned_layer, config.lora_rank, config.lora_alpha, config.lora_dropout)
-    set_peft_model_state_dict(peft_model, {k: v for k, v in tensors.items() if not k.startswith(_HEAD_PREFIX)})
-    merged = peft_model.merge_and_unload()
-    head = torch.nn.Linear(EMBEDDING_DIM, len(LABELS))
-    head.load_state_dict({k[len(_HEAD_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_HEAD_PREFIX)})
+    merged, head = load_adapted(Path(weights_dir) / WEIGHTS_FILE, config, len(LABELS))
     return SentimentModel(merged, head, config.logit_scale).eval()
 
 
