@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from aisle.commands import api, data, models, services, stack
+from aisle.commands import api, data, models, report, services, stack
 from aisle.errors import EXIT_USAGE, UserError, console
 from core.settings import ConfigurationError
 
@@ -28,6 +28,7 @@ app.command()(api.track)
 app.command()(services.worker)
 app.command()(services.beat)
 app.command()(services.serve)
+app.command()(report.report)
 
 
 def main() -> None:

@@ -27,3 +27,14 @@ ENRICH_ITEM = Endpoint(
     "enrich_item", ("text",), ("embedding", "department", "department_prob", "aisle", "aisle_prob")
 )
 RANK = Endpoint("ranker", ("features",), ("score",))
+
+# Queries are embedded by a twin of an embedding ensemble, ``<ensemble>_query``, whose encoder
+# instance serves nothing else: Triton cannot preempt a running batch, and its request priority
+# does not reach a model behind a Python step of an ensemble (triton-inference-server#6055), so
+# on the shared encoder a search waited behind 256-title refresh batches and ran out its budget
+# (bench/soak.py during a full refresh: every search degraded, p50 825 ms at 5 QPS).
+QUERY_SUFFIX = "_query"
+
+
+def query_model(embedding_model: str) -> str:
+    return embedding_model + QUERY_SUFFIX

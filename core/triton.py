@@ -158,6 +158,12 @@ class AsyncTritonClient:
         except (InferenceServerException, grpc.RpcError, asyncio.TimeoutError):
             return False
 
+    async def model_ready(self, name: str, timeout_s: float = 5.0) -> bool:
+        try:
+            return await asyncio.wait_for(self._client.is_model_ready(name), timeout_s)
+        except (InferenceServerException, grpc.RpcError, asyncio.TimeoutError):
+            return False
+
     async def _infer(self, endpoint: Endpoint, inputs, timeout_s: float | None, model: str | None = None):
         try:
             return await self._client.infer(

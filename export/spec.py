@@ -21,6 +21,7 @@ from core.model_interfaces import (
     EMBEDDING_DIM,
     ENRICH_ITEM,
     RANK,
+    query_model,
 )
 
 Target = Literal["portable", "ngc"]
@@ -110,7 +111,15 @@ def tokenizer(name: str, max_tokens: int, target: Target) -> ModelSpec:
     )
 
 
-def encoder(name: str, source: str, target: Target, outputs: tuple[Tensor, ...] = (SENTENCE_EMBEDDING,)) -> ModelSpec:
+def encoder(
+    name: str,
+    source: str,
+    target: Target,
+    outputs: tuple[Tensor, ...] = (SENTENCE_EMBEDDING,),
+    # 2 ms: long enough for concurrent requests to meet in one batch, short next to a
+    # 32-title request's ~80 ms encode (see bench/encoder.py for the measured choice).
+    queue_delay_us: int = 2000,
+) -> ModelSpec:
     """A transformer graph over token ids: the shared encoder and the adapted classifier encoders."""
     ragged = target == "portable"
     return ModelSpec(
@@ -124,9 +133,7 @@ def encoder(name: str, source: str, target: Target, outputs: tuple[Tensor, ...] 
         outputs=outputs,
         max_batch_size=ENCODER_MAX_BATCH,
         parameters={"bucket_rows": str(ENCODER_BUCKET_ROWS), "length_input": "attention_mask"},
-        # 2 ms: long enough for concurrent requests to meet in one batch, short next to a
-        # 32-title request's ~80 ms encode (see bench/encoder.py for the measured choice).
-        queue_delay_us=2000,
+        queue_delay_us=queue_delay_us,
         gpu=True,
     )
 
@@ -170,16 +177,21 @@ def repository(target: Target, include: frozenset[str] | None = None) -> list[Mo
     models: list[ModelSpec] = [
         tokenizer("tokenizer", TEXT_MAX_TOKENS, target),
         encoder("encoder", "encoder", target),
-        ensemble(
-            EMBED_TEXT.model,
-            inputs=(TEXT,),
-            outputs=(Tensor("embedding", "FP32", (EMBEDDING_DIM,)),),
-            steps=(
-                Step("tokenizer", {"text": "text"}, {"input_ids": "ids", "attention_mask": "mask"}),
-                Step("encoder", {"input_ids": "ids", "attention_mask": "mask"}, {"sentence_embedding": "embedding"}),
-            ),
-        ),
+        # The same graph on an instance of its own for search queries (core/model_interfaces.py).
+        encoder("query_encoder", "encoder", target, queue_delay_us=0),
     ]
+    for name, encoder_name in ((EMBED_TEXT.model, "encoder"), (query_model(EMBED_TEXT.model), "query_encoder")):
+        models.append(
+            ensemble(
+                name,
+                inputs=(TEXT,),
+                outputs=(Tensor("embedding", "FP32", (EMBEDDING_DIM,)),),
+                steps=(
+                    Step("tokenizer", {"text": "text"}, {"input_ids": "ids", "attention_mask": "mask"}),
+                    Step(encoder_name, {"input_ids": "ids", "attention_mask": "mask"}, {"sentence_embedding": "embedding"}),
+                ),
+            )
+        )
     if "product_classifier" in have:
         models += _product_classifier(target)
     if "sentiment" in have:

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +33,7 @@ from core.features import (
     matrix,
     text_columns,
 )
+from core.model_interfaces import query_model
 from core.profiles import Event, Profile, category_affinity, fold
 from core.settings import Settings
 from core.triton import AsyncTritonClient, TritonError, TritonInputError
@@ -79,7 +81,17 @@ RANKER_SHARE = 0.3
 REPLY_MARGIN_S = 0.01
 # How long the active embedding model and the lexicon are trusted before re-reading.
 MODEL_TTL_S = 10.0
+# How long a search may spend asking Triton whether the query twin of the encoder is loaded.
+QUERY_MODEL_LOOKUP_S = 0.05
 LEXICON_TTL_S = 600.0
+
+
+# Deadline (time.monotonic()) of the call being served in this context, if it has a Budget.
+_CALL_DEADLINE: ContextVar[float | None] = ContextVar("aisle_call_deadline", default=None)
+# Longest wait for a pooled Postgres connection when the call sets no deadline.
+POOL_WAIT_S = 5.0
+# Kept back from the call's deadline so UNAVAILABLE reaches the client before its own timer fires.
+POOL_REPLY_MARGIN_S = 0.05
 
 
 class Budget:
@@ -87,6 +99,10 @@ class Budget:
 
     def __init__(self, time_left_s: float | None):
         self.deadline = time.monotonic() + (time_left_s if time_left_s is not None else DEFAULT_BUDGET_S)
+        # Every Postgres connection the call (and the tasks it spawns, which copy the context)
+        # asks the pool for waits no longer than the call has left: during a database outage
+        # the caller then gets UNAVAILABLE, which clients retry, instead of its own deadline.
+        _CALL_DEADLINE.set(self.deadline)
 
     def left(self) -> float:
         return max(0.0, self.deadline - time.monotonic() - REPLY_MARGIN_S)
@@ -138,6 +154,7 @@ class Engine:
         self.cache = QueryCache()
         self._model: tuple[float, EmbeddingModel] | None = None
         self._lexicon: tuple[float, LexiconStats, QueryCorrector] | None = None
+        self._query_models: dict[str, tuple[float, str]] = {}
         self.ranker_version = "ranker@1"
 
     @classmethod
@@ -160,7 +177,10 @@ class Engine:
     @asynccontextmanager
     async def connection(self, timeout_s: float | None = None):
         try:
-            async with self.pool.connection(timeout=timeout_s or 5.0) as conn:
+            if timeout_s is None:
+                deadline = _CALL_DEADLINE.get()
+                timeout_s = POOL_WAIT_S if deadline is None else min(POOL_WAIT_S, max(0.001, deadline - time.monotonic() - POOL_REPLY_MARGIN_S))
+            async with self.pool.connection(timeout=timeout_s) as conn:
                 yield conn
         except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
             raise Unavailable(f"database unavailable: {exc}") from None
@@ -201,11 +221,25 @@ class Engine:
             return False
         return await self.triton.ready()
 
+    async def _query_model(self, triton_model: str) -> str:
+        """The query twin of ``triton_model`` when Triton serves one (core/model_interfaces.py),
+        else ``triton_model`` itself; looked up again every MODEL_TTL_S."""
+        now = time.monotonic()
+        known = self._query_models.get(triton_model)
+        if known and now - known[0] < MODEL_TTL_S:
+            return known[1]
+        twin = query_model(triton_model)
+        # A short look: this sits on the search path, and the base model answers just as well.
+        chosen = twin if await self.triton.model_ready(twin, timeout_s=QUERY_MODEL_LOOKUP_S) else triton_model
+        self._query_models[triton_model] = (now, chosen)
+        return chosen
+
     async def _embed_query(self, query: str, model: EmbeddingModel, budget: Budget) -> np.ndarray:
         cached = self.cache.get(model.version, query)
         if cached is not None:
             return cached
-        vector = (await self.triton.embed([query], timeout_s=max(budget.share(EMBED_SHARE), 0.001), model=model.triton_model))[0]
+        triton_model = await self._query_model(model.triton_model)
+        vector = (await self.triton.embed([query], timeout_s=max(budget.share(EMBED_SHARE), 0.001), model=triton_model))[0]
         self.cache.put(model.version, query, vector)
         return vector
 

@@ -83,3 +83,18 @@ def test_non_ensemble_models_warm_up_and_batch_dynamically():
         assert len(cfg.model_warmup) == 1, spec.name
         assert cfg.HasField("dynamic_batching"), spec.name
         assert list(cfg.version_policy.specific.versions) == [spec.version]
+
+
+def test_queries_have_an_encoder_instance_of_their_own():
+    from core.model_interfaces import EMBED_TEXT, query_model
+
+    # given the portable repository
+    specs = {s.name: s for s in repository("portable")}
+    # then the query twin of embed_text runs the same graph on a model refresh batches never reach
+    twin = specs[query_model(EMBED_TEXT.model)]
+    base = specs[EMBED_TEXT.model]
+    assert [step.model for step in twin.steps] == ["tokenizer", "query_encoder"]
+    assert [step.model for step in base.steps] == ["tokenizer", "encoder"]
+    assert specs["query_encoder"].source == specs["encoder"].source == "encoder"
+    # and a query is not held back waiting for others to batch with
+    assert specs["query_encoder"].queue_delay_us == 0
