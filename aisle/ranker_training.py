@@ -173,7 +173,7 @@ def train(
     say=print,
 ) -> dict:
     from aisle.evaluation.recommend import Interaction, read_interactions, targets_and_history
-    from aisle.evaluation.scratch import refresh_all, scratch_database
+    from aisle.evaluation.scratch import load_history, refresh_all, scratch_database
     from aisle.evaluation.search import read_qrels, read_queries
     from export import ranker
 
@@ -193,7 +193,7 @@ def train(
     targets, history = targets_and_history(relabelled, relabelled, target_split="valid")
     say(f"recommend: {len(targets)} users, history before each one's last train item")
     with scratch_database(settings.database_url, prefix="aisle_train") as url:
-        _load_history(url, items_path, history)
+        load_history(url, items_path, history)
         scratch = settings.model_copy(update={"database_url": url})
         refresh_all(scratch, say)
         rec = run_async(_with_engine(scratch, lambda e: recommend_examples(e, {u: t.item for u, t in targets.items()}, say)))
@@ -209,17 +209,3 @@ def train(
     ranker.save(final, FEATURE_NAMES, out_dir, metrics)
     return metrics
 
-
-def _load_history(url: str, items_path: Path, history) -> None:
-    import tempfile
-
-    from aisle.evaluation.recommend import write_history_csv
-    from workers.loading import load
-
-    load("scientific-items", items_path, url)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "history.csv"
-        write_history_csv(history, path, {})
-        report = load("scientific-interactions", path, url)
-        if report.rejected:
-            raise RuntimeError(f"history rows rejected: {report.errors[:3]}")

@@ -197,8 +197,8 @@ def eval_search(
     except _evaluation_errors() + (GatewayCallError,) as exc:
         fail(str(exc))
     _emit(r, as_json, [
-        f"{r['system']['queries']} queries on a catalog of {r['catalog_items']} items "
-        f"({r['judged_products_in_catalog']}/{r['judged_products']} judged products in it)",
+        (f"{r['system']['queries']} queries on a catalog of {r['catalog_items']} items "
+         f"({r['judged_products_in_catalog']}/{r['judged_products']} judged products in it)"),
         *_ranking_table(r, ["system", "bm25", "dense", "rrf"], ("ndcg@10", "ndcg@10_judged", "recall@100")),
         _calls_line(r["system_calls"]),
         *_goal_lines(r["goals"]),
@@ -263,8 +263,8 @@ def eval_recommend(
     except _evaluation_errors() + (GatewayCallError,) as exc:
         fail(str(exc))
     _emit(r, as_json, [
-        f"{r['users']} users ({r['users_with_history']} with history), held-out rows: {r['target_split']}; "
-        f"blend weight {r['blend_weight']} (tuned on valid rows{', the same targets' if r['blend_tuning']['tuned_on_targets'] else ''})",
+        (f"{r['users']} users ({r['users_with_history']} with history), held-out rows: {r['target_split']}; "
+         f"blend weight {r['blend_weight']} (tuned on valid rows{', the same targets' if r['blend_tuning']['tuned_on_targets'] else ''})"),
         *_ranking_table(r, ["system", "popularity", "cooccurrence", "blend"], ("recall@10", "recall@20", "ndcg@10", "ndcg@20")),
         _calls_line(r["system_calls"]),
         *_goal_lines(r["goals"]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -16,6 +17,13 @@ from core.embeddings import DEFAULT_VERSION
 
 
 def with_database(url: str, dbname: str) -> str:
+    """``url`` naming database ``dbname`` instead; a postgresql:// URL stays one (the settings
+    accept only URLs)."""
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.scheme in ("postgresql", "postgres"):
+        return urlunsplit(parts._replace(path="/" + quote(dbname)))
     info = conninfo_to_dict(url)
     info["dbname"] = dbname
     return make_conninfo(**info)
@@ -55,4 +63,26 @@ def refresh_all(settings, say=lambda m: None) -> None:
             embeddings.ensure_index(deps.conn, embeddings.active(deps.conn))
     finally:
         deps.conn.close()
+        if deps.triton is not None:
+            deps.triton.close()
         resources.reset()
+
+
+def load_history(url: str, items_path: Path, history) -> None:
+    """The items file (Scientific format) and exactly ``history`` (user -> interactions) as
+    purchase events, through the real loaders."""
+    import tempfile
+
+    from aisle.evaluation.recommend import write_history_csv
+    from workers.loading import load
+
+    report = load("scientific-items", items_path, url)
+    if not report.inserted:
+        raise ValueError(f"{items_path}: no item loaded ({report.summary()}; first errors: {report.errors[:3]})")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "history.csv"
+        write_history_csv(history, path, {})
+        report = load("scientific-interactions", path, url)
+        if report.rejected:
+            # Most often an interaction on an item the items file lacks.
+            raise ValueError(f"{report.rejected} history rows rejected, e.g. {', '.join(e.reason for e in report.errors[:3])}")
