@@ -29,7 +29,7 @@ demo: export
 	$(BIN)/aisle load scientific-interactions $(DATA)/scientific/interactions.csv --splits train,valid
 	$(BIN)/aisle refresh all
 	$(BIN)/aisle search "3d printer filament" --page-size 5 --explain
-	$(BIN)/aisle recommend A1TO6ZUFJ9WBH0 --k 5
+	$(BIN)/aisle recommend ABW8NXS7SV55K --k 5
 	@echo "The stack keeps running: \`$(BIN)/aisle status\` shows it, \`$(BIN)/aisle down\` stops it."
 
 # The whole suite (slow fault-injection tests included), as CI runs it.

@@ -34,6 +34,10 @@ PARALLEL_REQUESTS = 4
 _UNAVAILABLE = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED"}
 
 
+def _server_timeout_us(seconds: float) -> int:
+    return max(1, int(seconds * 1_000_000))
+
+
 class TritonError(RuntimeError):
     pass
 
@@ -120,6 +124,9 @@ class TritonClient:
                 inputs,
                 outputs=[grpcclient.InferRequestedOutput(o) for o in endpoint.outputs],
                 client_timeout=self.timeout_s,
+                # The same bound on the server: Triton drops the request from its queue once the
+                # client has given up on it (export/configs.py).
+                timeout=_server_timeout_us(self.timeout_s),
             )
         except InferenceServerException as exc:
             raise _classify(exc) from None
@@ -171,6 +178,7 @@ class AsyncTritonClient:
                 inputs,
                 outputs=[aioclient.InferRequestedOutput(o) for o in endpoint.outputs],
                 client_timeout=timeout_s or self.timeout_s,
+                timeout=_server_timeout_us(timeout_s or self.timeout_s),
             )
         except InferenceServerException as exc:
             raise _classify(exc) from None

@@ -155,6 +155,7 @@ class Engine:
         self._model: tuple[float, EmbeddingModel] | None = None
         self._lexicon: tuple[float, LexiconStats, QueryCorrector] | None = None
         self._query_models: dict[str, tuple[float, str]] = {}
+        self._lexicon_load: asyncio.Task | None = None
         self.ranker_version = "ranker@1"
 
     @classmethod
@@ -169,6 +170,8 @@ class Engine:
         return cls(settings, pool, AsyncTritonClient(settings.triton_url, settings.triton_timeout_s))
 
     async def close(self) -> None:
+        if self._lexicon_load is not None:
+            self._lexicon_load.cancel()
         await self.pool.close()
         await self.triton.close()
 
@@ -202,21 +205,38 @@ class Engine:
         return model
 
     async def lexicon(self) -> tuple[LexiconStats, QueryCorrector]:
-        """Document frequencies for BM25 and the spelling corrector, re-read every 10 minutes."""
+        """Document frequencies for BM25 and the spelling corrector, re-read every 10 minutes.
+
+        The load runs as a task of its own that no caller's deadline cancels: on the 59k-item
+        catalog it takes over a second under load, so a load tied to one 1 s call was cancelled
+        call after call and searches kept failing (bench/gateway.py: 159 of 400 at c=1). A stale
+        lexicon keeps serving while the next one loads."""
         now = time.monotonic()
         if self._lexicon and now - self._lexicon[0] < LEXICON_TTL_S:
             return self._lexicon[1], self._lexicon[2]
-        async with self.connection() as conn:
+        if self._lexicon_load is None or self._lexicon_load.done():
+            self._lexicon_load = asyncio.create_task(self._load_lexicon())
+            self._lexicon_load.add_done_callback(_note_lexicon_failure)
+        if self._lexicon is not None:
+            return self._lexicon[1], self._lexicon[2]
+        return await asyncio.shield(self._lexicon_load)
+
+    async def _load_lexicon(self) -> tuple[LexiconStats, QueryCorrector]:
+        started = time.monotonic()
+        async with self.connection(timeout_s=POOL_WAIT_S) as conn:
             stats = await retrieval.lexicon(conn)
             words = await retrieval.vocabulary(conn)
         # Building the corrector's index takes ~0.4 s of CPU: off the event loop.
         corrector = await asyncio.to_thread(QueryCorrector, words)
-        self._lexicon = (now, stats, corrector)
+        self._lexicon = (started, stats, corrector)
         return stats, corrector
 
     async def ready(self) -> bool:
+        """An active embedding model, the lexicon loaded (so the first searches do not wait for
+        it) and Triton ready."""
         try:
             await self.active_model()
+            await self.lexicon()
         except Unavailable:
             return False
         return await self.triton.ready()
@@ -686,6 +706,11 @@ def _mean_unit(vectors: np.ndarray) -> np.ndarray:
     mean = vectors.mean(axis=0)
     norm = np.linalg.norm(mean)
     return mean / norm if norm > 0 else mean
+
+
+def _note_lexicon_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("lexicon load failed (the next search retries): %s", task.exception())
 
 
 def _short(exc: BaseException) -> str:
