@@ -9,6 +9,7 @@ machine's single free core that is what brings review fine-tuning from hours to 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -69,6 +70,39 @@ def mean_pooled(
     weights = mask.unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
     return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """What every adapted head shares: LoRA shape, schedule, and the cosine head's scale."""
+
+    first_tuned_layer: int = 0
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    head_learning_rate: float = 2e-3
+    weight_decay: float = 0.01
+    # Cosine classifier: logits = head(scale * unit embedding); the unit-norm embedding alone
+    # gives logits too flat for softmax cross-entropy to train in a few epochs.
+    logit_scale: float = 20.0
+
+
+class CosineClassifier(torch.nn.Module):
+    """What Triton runs: adapted encoder, mean-pooled and normalised, scaled linear head, softmax."""
+
+    def __init__(self, transformer: torch.nn.Module, head: torch.nn.Linear, logit_scale: float):
+        super().__init__()
+        from export.encoder import MeanPooledEncoder
+
+        self.encoder = MeanPooledEncoder(transformer)
+        self.head = head
+        self.logit_scale = logit_scale
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.head(self.encoder(input_ids, attention_mask) * self.logit_scale), dim=1)
 
 
 # Every linear map of a BERT layer: attention projections, attention output, feed-forward.

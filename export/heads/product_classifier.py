@@ -24,10 +24,12 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score
 
-from export.encoder import MeanPooledEncoder, load_transformer
+from export.encoder import load_transformer
 from export.heads.datasets import read_products
 from export.heads.onnx_graph import export_named
 from export.heads.partial_finetune import (
+    AdapterConfig,
+    CosineClassifier,
     fit_adapted,
     frozen_prefix,
     load_adapted,
@@ -124,34 +126,23 @@ def aisle_to_department_matrix() -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
-    # LoRA on every layer: names are ~11 wordpieces, so tuning all six layers stays cheap.
-    first_tuned_layer: int = 0
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.1
+class ClassifierConfig(AdapterConfig):
+    # LoRA on every layer (first_tuned_layer 0): names are ~11 wordpieces, so tuning all six
+    # layers stays cheap.
     epochs: int = 4
-    batch_size: int = 32
-    learning_rate: float = 1e-3
     head_learning_rate: float = 3e-3
-    weight_decay: float = 0.01
     label_smoothing: float = 0.1
-    # Cosine classifier: logits = head(scale * unit embedding), as for sentiment.
-    logit_scale: float = 20.0
 
 
-class ClassifierModel(torch.nn.Module):
-    """What Triton runs: adapted encoder, aisle softmax, department = summed aisle probabilities."""
+class ClassifierModel(CosineClassifier):
+    """Aisle softmax from the adapted encoder; department = summed aisle probabilities."""
 
     def __init__(self, transformer: torch.nn.Module, head: torch.nn.Linear, logit_scale: float):
-        super().__init__()
-        self.encoder = MeanPooledEncoder(transformer)
-        self.head = head
-        self.logit_scale = logit_scale
+        super().__init__(transformer, head, logit_scale)
         self.register_buffer("aisle_to_department", aisle_to_department_matrix(), persistent=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        aisle_probs = torch.softmax(self.head(self.encoder(input_ids, attention_mask) * self.logit_scale), dim=1)
+        aisle_probs = super().forward(input_ids, attention_mask)
         return aisle_probs @ self.aisle_to_department, aisle_probs
 
 

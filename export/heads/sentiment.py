@@ -21,11 +21,13 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score
 
-from export.encoder import MeanPooledEncoder, load_transformer
+from export.encoder import load_transformer
 from export.heads.datasets import POSITIVE, SENTIMENT_LABELS, Review, read_review_rows
 from export.heads.embedding import embed
 from export.heads.onnx_graph import export_named
 from export.heads.partial_finetune import (
+    AdapterConfig,
+    CosineClassifier,
     fit_adapted,
     frozen_prefix,
     load_adapted,
@@ -49,36 +51,17 @@ OTHER_CATEGORY_POSITIVE_SHARE = 0.8
 
 
 @dataclass(frozen=True)
-class SentimentConfig:
+class SentimentConfig(AdapterConfig):
     max_length: int = MAX_LENGTH
     # LoRA on layers 4-5 of 0-5; lower layers are frozen and cached (partial_finetune.py).
     first_tuned_layer: int = 4
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.1
-    epochs: int = 3
     batch_size: int = 16
-    learning_rate: float = 1e-3
-    head_learning_rate: float = 2e-3
-    weight_decay: float = 0.01
-    # Cosine-classifier temperature: logits = head(20 * unit embedding); the unit-norm embedding
-    # alone gives logits too flat for softmax cross-entropy to train in a few epochs.
-    logit_scale: float = 20.0
 
 
 
 
-class SentimentModel(torch.nn.Module):
-    """What Triton runs: pooled, normalised encoder, scaled linear head, softmax."""
-
-    def __init__(self, transformer: torch.nn.Module, head: torch.nn.Linear, logit_scale: float):
-        super().__init__()
-        self.encoder = MeanPooledEncoder(transformer)
-        self.head = head
-        self.logit_scale = logit_scale
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.head(self.encoder(input_ids, attention_mask) * self.logit_scale), dim=1)
+# (input_ids, attention_mask) -> probabilities in LABELS order.
+SentimentModel = CosineClassifier
 
 
 def _fit(prefix: list[torch.Tensor], labels: torch.Tensor, rows: np.ndarray, config: SentimentConfig, seed: int):
