@@ -107,8 +107,14 @@ def goals_rows(data: dict) -> list[list]:
             verdict = "not measured" if goal["pass"] is None else ("pass" if goal["pass"] else "FAIL")
             rows.append([name, goal.get("value"), goal.get("goal"), verdict])
         elif not isinstance(goal, dict):
-            # bench/refresh.py writes bare thresholds: the value is the same key at the top level.
-            rows.append([name, data.get(name), goal, "–"])
+            # bench/refresh.py and bench/encoder.py write bare thresholds: the value sits at the
+            # top level under the same key (or ``ratio_<key>``); a share is a ceiling, a ratio a floor.
+            value = data.get(name, data.get(f"ratio_{name}"))
+            if not isinstance(value, (int, float)):
+                rows.append([name, value, goal, "not measured"])
+                continue
+            met = value <= goal if "share" in name else value >= goal
+            rows.append([name, round(value, 4), goal, "pass" if met else "FAIL"])
     return rows
 
 

@@ -114,3 +114,18 @@ def test_given_an_unreadable_and_a_quality_file_when_reported_then_one_is_named_
 def test_given_a_longer_kind_name_when_picking_the_latest_then_it_is_not_taken_for_the_shorter(results):
     write(results, "eval-search-extra-20260101-100000.json", {"x": 1})
     assert report.latest(results, "eval-search").path is None
+
+
+def test_bare_thresholds_are_judged_as_floors_for_ratios_and_ceilings_for_shares():
+    from bench.report import goals_rows
+
+    # given benchmark JSON with bare thresholds, one value under ratio_<name>
+    data = {
+        "ratio_vs_onnxruntime": 0.7,
+        "incremental_share_of_full": 0.01,
+        "goals": {"vs_onnxruntime": 0.85, "incremental_share_of_full": 0.03, "missing": 1.0},
+    }
+    # when the goals are tabulated
+    verdicts = {row[0]: row[3] for row in goals_rows(data)}
+    # then a low ratio fails, a small share passes, and an absent value is not measured
+    assert verdicts == {"vs_onnxruntime": "FAIL", "incremental_share_of_full": "pass", "missing": "not measured"}
