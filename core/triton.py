@@ -34,6 +34,18 @@ PARALLEL_REQUESTS = 4
 _UNAVAILABLE = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED"}
 
 
+# Triton 2.51's gRPC front end can crash (SIGSEGV in pthread_mutex_lock) when clients cancel
+# in-flight inferences under load (triton-inference-server/server#7368; seen here with 16
+# concurrent Recommend calls on 1 s deadlines, bench/gateway.py). So the gateway never cancels
+# a call: it stops waiting when its budget is spent and lets the call end in the background,
+# while the server-side timeout (the REJECT queue policy) drops requests that waited too long
+# in Triton's queue. An abandoned call is cut by the client only this long after its budget.
+ABANDONED_CALL_S = 5.0
+# Below this budget a call is not sent at all: no model answers that fast here (query
+# embedding ~8 ms at c=1), so it would only add a request Triton must queue and reject.
+MIN_CALL_S = 0.005
+
+
 def _server_timeout_us(seconds: float) -> int:
     return max(1, int(seconds * 1_000_000))
 
@@ -172,14 +184,27 @@ class AsyncTritonClient:
             return False
 
     async def _infer(self, endpoint: Endpoint, inputs, timeout_s: float | None, model: str | None = None):
+        """One inference within ``timeout_s`` (asyncio.TimeoutError past it), never cancelled
+        on Triton (see ABANDONED_CALL_S)."""
+        budget = timeout_s or self.timeout_s
+        if budget < MIN_CALL_S:
+            raise asyncio.TimeoutError(f"{budget * 1000:.1f} ms left: not enough for a Triton call")
+        call = asyncio.ensure_future(self._client.infer(
+            model or endpoint.model,
+            inputs,
+            outputs=[aioclient.InferRequestedOutput(o) for o in endpoint.outputs],
+            client_timeout=budget + ABANDONED_CALL_S,
+            timeout=_server_timeout_us(budget),
+        ))
         try:
-            return await self._client.infer(
-                model or endpoint.model,
-                inputs,
-                outputs=[aioclient.InferRequestedOutput(o) for o in endpoint.outputs],
-                client_timeout=timeout_s or self.timeout_s,
-                timeout=_server_timeout_us(timeout_s or self.timeout_s),
-            )
+            return await asyncio.wait_for(asyncio.shield(call), budget)
+        except asyncio.TimeoutError:
+            call.add_done_callback(_drop_result)
+            raise
+        except asyncio.CancelledError:
+            # The caller gave up (its own client went away): the call still runs to its end.
+            call.add_done_callback(_drop_result)
+            raise
         except InferenceServerException as exc:
             raise _classify(exc) from None
 
@@ -203,3 +228,9 @@ class AsyncTritonClient:
         tensor.set_data_from_numpy(features.astype(np.float32, copy=False))
         result = await self._infer(RANK, [tensor], timeout_s)
         return result.as_numpy("score").reshape(-1)
+
+
+def _drop_result(call: asyncio.Future) -> None:
+    """Collect an abandoned call's outcome, so asyncio does not report it as never retrieved."""
+    if not call.cancelled():
+        call.exception()

@@ -17,7 +17,8 @@ import time
 from collections.abc import Awaitable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 
 import numpy as np
 import psycopg
@@ -39,8 +40,8 @@ from core.settings import Settings
 from core.triton import AsyncTritonClient, TritonError, TritonInputError
 from gateway import retrieval
 from gateway.fusion import mmr, rank_positions, reciprocal_rank_fusion
+from gateway.lexical_index import LexicalIndex
 from gateway.model import (
-    MAX_RESULTS,
     Classification,
     Explanation,
     Filters,
@@ -65,6 +66,9 @@ log = logging.getLogger(__name__)
 DENSE_CANDIDATES = 300
 LEXICAL_CANDIDATES = 300
 GRAPH_CANDIDATES = 100
+# Fused candidates the ranker scores: the ranker is trained on pools of this size (the best
+# by RRF, aisle/ranker_training.py POOL), and features cost ~60 µs per candidate.
+RANKED_POOL = 300
 # Recommend: candidates per source.
 RECOMMEND_DENSE = 200
 RECOMMEND_COOC = 200
@@ -84,6 +88,17 @@ MODEL_TTL_S = 10.0
 # How long a search may spend asking Triton whether the query twin of the encoder is loaded.
 QUERY_MODEL_LOOKUP_S = 0.05
 LEXICON_TTL_S = 600.0
+# How often the lexical index picks up items changed since its last full build (an upserted
+# item is searchable by its words this long after it commits), and how far before that build's
+# snapshot it looks: a load transaction stamps updated_at when it starts, not when it commits.
+LEXICAL_POLL_S = 5.0
+CHANGE_MARGIN_S = 120.0
+# Changed items the overlay takes before a full rebuild is cheaper: the overlay is rebuilt at
+# every poll, ~0.1 s per 5,000 items; the base from all 59k items takes ~2 s.
+OVERLAY_MAX = 5000
+# Lexical candidates taken before filters apply when a search has filters (the filter is then
+# checked in Postgres for those items only).
+FILTERED_LEXICAL_DEPTH = 5000
 
 
 # Deadline (time.monotonic()) of the call being served in this context, if it has a Budget.
@@ -138,6 +153,21 @@ class Pool:
     exclude: set[int] = field(default_factory=set)
 
 
+@dataclass(frozen=True)
+class Lexicon:
+    """What lexical retrieval and spelling read: swapped whole, never changed in place."""
+
+    loaded_at: float  # time.monotonic() of the last full build
+    polled_at: float  # ... and of the last look for changed items
+    snapshot: datetime  # database time the full build read the catalog
+    index: LexicalIndex
+    corrector: QueryCorrector
+
+    @property
+    def stats(self) -> LexiconStats:
+        return self.index.corpus.lexicon()
+
+
 @dataclass
 class UserState:
     user_id: int | None
@@ -153,7 +183,7 @@ class Engine:
         self.triton = triton
         self.cache = QueryCache()
         self._model: tuple[float, EmbeddingModel] | None = None
-        self._lexicon: tuple[float, LexiconStats, QueryCorrector] | None = None
+        self._lexicon: Lexicon | None = None
         self._query_models: dict[str, tuple[float, str]] = {}
         self._lexicon_load: asyncio.Task | None = None
         self.ranker_version = "ranker@1"
@@ -204,32 +234,46 @@ class Engine:
         self._model = (now, model)
         return model
 
-    async def lexicon(self) -> tuple[LexiconStats, QueryCorrector]:
-        """Document frequencies for BM25 and the spelling corrector, re-read every 10 minutes.
+    async def lexicon(self) -> Lexicon:
+        """The lexical index, its statistics and the spelling corrector: rebuilt from Postgres
+        every LEXICON_TTL_S, items changed since folded in every LEXICAL_POLL_S.
 
-        The load runs as a task of its own that no caller's deadline cancels: on the 59k-item
-        catalog it takes over a second under load, so a load tied to one 1 s call was cancelled
-        call after call and searches kept failing (bench/gateway.py: 159 of 400 at c=1). A stale
-        lexicon keeps serving while the next one loads."""
+        Loads run as tasks of their own that no caller's deadline cancels: on the 59k-item
+        catalog a full load takes seconds under load, so a load tied to one 1 s call was
+        cancelled call after call and searches kept failing (bench/gateway.py: 159 of 400 at
+        c=1). The current lexicon keeps serving while the next one loads."""
         now = time.monotonic()
-        if self._lexicon and now - self._lexicon[0] < LEXICON_TTL_S:
-            return self._lexicon[1], self._lexicon[2]
+        current = self._lexicon
+        if current is not None and now - current.polled_at < LEXICAL_POLL_S:
+            return current
         if self._lexicon_load is None or self._lexicon_load.done():
-            self._lexicon_load = asyncio.create_task(self._load_lexicon())
+            full = current is None or now - current.loaded_at >= LEXICON_TTL_S
+            self._lexicon_load = asyncio.create_task(self._load_lexicon() if full else self._poll_lexicon(current))
             self._lexicon_load.add_done_callback(_note_lexicon_failure)
-        if self._lexicon is not None:
-            return self._lexicon[1], self._lexicon[2]
+        if current is not None:
+            return current
         return await asyncio.shield(self._lexicon_load)
 
-    async def _load_lexicon(self) -> tuple[LexiconStats, QueryCorrector]:
+    async def _load_lexicon(self) -> Lexicon:
         started = time.monotonic()
         async with self.connection(timeout_s=POOL_WAIT_S) as conn:
-            stats = await retrieval.lexicon(conn)
+            snapshot, docs = await retrieval.lexical_documents(conn)
             words = await retrieval.vocabulary(conn)
-        # Building the corrector's index takes ~0.4 s of CPU: off the event loop.
+        # Building the index (~1 s for 59k items) and the corrector's (~0.4 s): off the event loop.
+        index = await asyncio.to_thread(LexicalIndex.build, docs)
         corrector = await asyncio.to_thread(QueryCorrector, words)
-        self._lexicon = (started, stats, corrector)
-        return stats, corrector
+        self._lexicon = Lexicon(started, started, snapshot, index, corrector)
+        return self._lexicon
+
+    async def _poll_lexicon(self, current: Lexicon) -> Lexicon:
+        started = time.monotonic()
+        async with self.connection(timeout_s=POOL_WAIT_S) as conn:
+            _, docs = await retrieval.lexical_documents(conn, current.snapshot - timedelta(seconds=CHANGE_MARGIN_S))
+        if len(docs) > OVERLAY_MAX:
+            return await self._load_lexicon()
+        index = await asyncio.to_thread(current.index.with_changes, {d[0]: d for d in docs})
+        self._lexicon = replace(current, polled_at=started, index=index)
+        return self._lexicon
 
     async def ready(self) -> bool:
         """An active embedding model, the lexicon loaded (so the first searches do not wait for
@@ -304,15 +348,16 @@ class Engine:
                 qvec = None
                 reasons.append(f"encoder unavailable ({_short(exc)}): lexical and graph results only")
 
-        stats, corrector = await self.lexicon()
-        corrections = corrector.corrections(q.query)
+        lexicon = await self.lexicon()
+        stats = lexicon.stats
+        corrections = lexicon.corrector.corrections(q.query)
         async with timer.stage("retrieve"):
             lists, scores_by, graph_paths, expansions, lexemes, user = await self._search_candidates(
-                q, expand(q.query, corrections), model, qvec
+                q, expand(q.query, corrections), model, qvec, lexicon.index
             )
         for typed, fixed in corrections.items():
             expansions.setdefault(typed, []).append(f"spelling:{fixed}")
-        ids = [i for i, _ in reciprocal_rank_fusion(lists)[:MAX_RESULTS]]
+        ids = [i for i, _ in reciprocal_rank_fusion(lists)[:RANKED_POOL]]
         pool = Pool(model, reasons, expansions, graph_paths)
         if not ids:
             return pool
@@ -329,7 +374,7 @@ class Engine:
             pool.facts, pool.signals, pool.features = facts, signals, matrix(signals)
         return pool
 
-    async def _search_candidates(self, q: SearchQuery, lexical_query: str, model: EmbeddingModel, qvec):
+    async def _search_candidates(self, q: SearchQuery, lexical_query: str, model: EmbeddingModel, qvec, index: LexicalIndex):
         async def dense():
             if qvec is None:
                 return []
@@ -338,10 +383,13 @@ class Engine:
 
         async def lexical():
             async with self.connection() as conn:
-                return (
-                    await retrieval.lexical(conn, lexical_query, LEXICAL_CANDIDATES, q.filters),
-                    await retrieval.query_lexemes(conn, lexical_query),
-                )
+                lexemes = await retrieval.query_lexemes(conn, lexical_query)
+                if q.filters.empty():
+                    return [retrieval.Scored(i, s) for i, s in index.search(lexemes, LEXICAL_CANDIDATES)], lexemes
+                hits = index.search(lexemes, FILTERED_LEXICAL_DEPTH)
+                score = dict(hits)
+                kept = await retrieval.keep_matching(conn, [i for i, _ in hits], q.filters)
+                return [retrieval.Scored(i, score[i]) for i in kept[:LEXICAL_CANDIDATES]], lexemes
 
         async def graph():
             async with self.connection() as conn:
@@ -375,9 +423,7 @@ class Engine:
 
     async def _order_by_vector(self, ids, vector, model, filters, n) -> list[int]:
         async with self.connection() as conn:
-            facts = await retrieval.item_facts(conn, ids, model, filters, {"v": vector})
-        key = facts.sims["v"] if vector is not None else facts.popularity
-        return [facts.ids[k] for k in np.argsort(-key, kind="stable")[:n]]
+            return await retrieval.closest_of(conn, ids, model, vector, n, filters)
 
     def _signals(self, is_search, facts, lists, scores_by, user: UserState | None, graph_paths) -> Signals:
         n = len(facts.ids)
@@ -509,7 +555,7 @@ class Engine:
             return pool
         async with timer.stage("retrieve"):
             lists, anchor_vecs = await self._recommend_candidates(model, user, anchors, pool.exclude, q.filters)
-        ids = [i for i, _ in reciprocal_rank_fusion(lists) if i not in pool.exclude][:MAX_RESULTS]
+        ids = [i for i, _ in reciprocal_rank_fusion(lists) if i not in pool.exclude][:RANKED_POOL]
         if not ids:
             return pool
         async with timer.stage("features"):

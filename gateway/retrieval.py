@@ -72,22 +72,67 @@ async def dense(
     return [Scored(r[0], float(r[1])) for r in rows]
 
 
-# Match any query word (OR): the AND of every word finds nothing for most long queries, and the
-# ranker orders what OR brings in. ts_rank_cd normalisation 1 divides by 1 + log(length).
-_LEXICAL = """
-WITH q AS (SELECT replace(plainto_tsquery('english', %(q)s)::text, '&', '|') AS t)
-SELECT i.id, ts_rank_cd(i.search_tsv, q.t::tsquery, 1) AS rank
-FROM items i, q
-WHERE q.t <> '' AND i.search_tsv @@ q.t::tsquery {where}
-ORDER BY rank DESC, i.id LIMIT %(n)s
-"""
-
-
-async def lexical(conn: psycopg.AsyncConnection, query: str, n: int, filters: Filters) -> list[Scored]:
+async def closest_of(
+    conn: psycopg.AsyncConnection, ids: list[int], model: EmbeddingModel, vector: np.ndarray | None, n: int,
+    filters: Filters,
+) -> list[int]:
+    """The ``n`` items of ``ids`` (passing ``filters``) closest to ``vector``, or the most popular
+    without one. Only ids travel back: the graph retriever orders up to 2,000 items this way,
+    and their full facts (item_facts) cost ~10× more to read and decode. The ORDER BY is not
+    the bare distance operator on purpose: that would let the HNSW index answer, which returns
+    its nearest few dozen of the whole catalog and then drops those not in ``ids``."""
     where, params = filter_sql(filters)
-    params.update(q=query, n=n)
-    rows = await (await conn.execute(sql.SQL(_LEXICAL).format(where=where), params)).fetchall()
-    return [Scored(r[0], float(r[1])) for r in rows]
+    params.update(ids=ids, n=n)
+    if vector is not None:
+        params["v"] = np.asarray(vector, dtype=np.float32)
+        query = sql.SQL(
+            "SELECT i.id FROM items i JOIN item_embeddings e ON e.item_id = i.id AND e.model_version = {version} "
+            "WHERE i.id = ANY(%(ids)s) {where} ORDER BY 1 - ({expr} <=> %(v)s::vector) DESC, i.id LIMIT %(n)s"
+        ).format(version=sql.Literal(model.version), expr=vector_expr(model), where=where)
+    else:
+        query = sql.SQL(
+            "SELECT i.id FROM items i LEFT JOIN item_stats s ON s.item_id = i.id "
+            "WHERE i.id = ANY(%(ids)s) {where} ORDER BY coalesce(s.popularity, 0) DESC, i.id LIMIT %(n)s"
+        ).format(where=where)
+    return [r[0] for r in await (await conn.execute(query, params, binary=True)).fetchall()]
+
+
+# Every item's lexemes with their term frequencies (Postgres's own English analysis of title,
+# brand and description): what the in-memory BM25 index (gateway/lexical_index.py) is built from.
+LEXICAL_DOCS = """
+SELECT i.id, t.lexemes, t.tfs FROM items i,
+LATERAL (SELECT array_agg(u.lexeme) AS lexemes,
+                array_agg(coalesce(array_length(u.positions, 1), 1)) AS tfs
+         FROM unnest(i.search_tsv) u) t
+{where}
+"""
+# Rows decoded per round trip: the event loop runs between chunks (59k rows decode in ~0.2 s).
+LEXICAL_DOCS_CHUNK = 5000
+
+
+async def lexical_documents(conn: psycopg.AsyncConnection, changed_since=None):
+    """(snapshot time, [(item id, lexemes, tfs)]) for every item, or for those updated after
+    ``changed_since``; the snapshot time is when the read began (rows changed later are not in it)."""
+    where = sql.SQL("WHERE i.updated_at > %(since)s") if changed_since is not None else sql.SQL("")
+    docs = []
+    async with conn.transaction():
+        snapshot = (await (await conn.execute("SELECT now()")).fetchone())[0]
+        async with conn.cursor("aisle_lexical_docs", binary=True) as cur:
+            await cur.execute(sql.SQL(LEXICAL_DOCS).format(where=where), {"since": changed_since})
+            while rows := await cur.fetchmany(LEXICAL_DOCS_CHUNK):
+                docs.extend((r[0], r[1] or (), r[2] or ()) for r in rows)
+    return snapshot, docs
+
+
+async def keep_matching(conn: psycopg.AsyncConnection, ids: list[int], filters: Filters) -> list[int]:
+    """The items of ``ids`` that pass ``filters``, in the order given."""
+    where, params = filter_sql(filters)
+    params["ids"] = ids
+    rows = await (await conn.execute(
+        sql.SQL("SELECT i.id FROM items i WHERE i.id = ANY(%(ids)s) {where}").format(where=where), params
+    )).fetchall()
+    keep = {r[0] for r in rows}
+    return [i for i in ids if i in keep]
 
 
 async def query_lexemes(conn: psycopg.AsyncConnection, query: str) -> list[str]:
@@ -255,13 +300,3 @@ async def vocabulary(conn: psycopg.AsyncConnection) -> dict[str, int]:
         "SELECT word, ndoc FROM ts_stat($$SELECT to_tsvector('simple', title || ' ' || coalesce(brand, '')) FROM items$$)"
     )).fetchall()
     return {w: int(n) for w, n in rows if w.isalpha()}
-
-
-async def lexicon(conn: psycopg.AsyncConnection):
-    from core.features import LexiconStats
-
-    row = await (await conn.execute(
-        "SELECT count(*), coalesce(avg(length(search_tsv)), 0) FROM items"
-    )).fetchone()
-    rows = await (await conn.execute("SELECT word, ndoc FROM ts_stat('SELECT search_tsv FROM items')")).fetchall()
-    return LexiconStats(int(row[0]), {w: int(d) for w, d in rows}, float(row[1]))

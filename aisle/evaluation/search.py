@@ -14,10 +14,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import psycopg
-import scipy.sparse as sp
+from psycopg import sql
 
 from aisle.evaluation.metrics import search_metrics
-from core.features import BM25_B, BM25_K1, RRF_K
+from core.features import RRF_K
+from gateway.lexical_index import LexicalIndex
+from gateway.retrieval import LEXICAL_DOCS
 
 # Depth of every run: Recall@100 needs 100; the fusion baseline fuses two lists this deep.
 DEPTH = 100
@@ -54,45 +56,21 @@ def read_qrels(path: Path) -> dict[str, dict[str, float]]:
 
 
 @dataclass
-class LexicalIndex:
-    """BM25 over the catalog's Postgres lexemes (English Snowball stems, stop words removed):
-    the same analysis the system's full-text retriever uses, scored the standard way."""
+class LexicalBaseline:
+    """BM25 over the catalog's Postgres lexemes: the system's own lexical retriever
+    (gateway/lexical_index.py), on its own, by external id."""
 
-    ids: list[str]
-    vocab: dict[str, int]
-    weights: sp.csc_matrix  # [docs, terms] BM25 term weights
+    index: LexicalIndex
+    external: dict[int, str]
 
     @classmethod
-    def build(cls, conn: psycopg.Connection) -> LexicalIndex:
-        rows = conn.execute(
-            "SELECT i.external_id, t.lexeme, coalesce(array_length(t.positions, 1), 1) "
-            "FROM items i, unnest(i.search_tsv) AS t ORDER BY i.id"
-        ).fetchall()
-        doc_index: dict[str, int] = {}
-        vocab: dict[str, int] = {}
-        r, c, v = [], [], []
-        for ext, lexeme, tf in rows:
-            r.append(doc_index.setdefault(ext, len(doc_index)))
-            c.append(vocab.setdefault(lexeme, len(vocab)))
-            v.append(tf)
-        tf = sp.csr_matrix((np.asarray(v, np.float32), (r, c)), shape=(len(doc_index), len(vocab)))
-        lengths = np.asarray(tf.sum(axis=1)).ravel()
-        df = np.bincount(tf.indices, minlength=len(vocab))
-        idf = np.log(1 + (len(doc_index) - df + 0.5) / (df + 0.5)).astype(np.float32)
-        norm = BM25_K1 * (1 - BM25_B + BM25_B * lengths / lengths.mean())
-        tf = tf.tocoo()
-        w = idf[tf.col] * tf.data * (BM25_K1 + 1) / (tf.data + norm[tf.row])
-        weights = sp.csc_matrix((w, (tf.row, tf.col)), shape=tf.shape)
-        return cls(list(doc_index), vocab, weights)
+    def build(cls, conn: psycopg.Connection) -> LexicalBaseline:
+        docs = conn.execute(sql.SQL(LEXICAL_DOCS).format(where=sql.SQL("")), binary=True).fetchall()
+        external = dict(conn.execute("SELECT id, external_id FROM items").fetchall())
+        return cls(LexicalIndex.build((r[0], r[1] or (), r[2] or ()) for r in docs), external)
 
     def search(self, lexemes: list[str], k: int) -> list[str]:
-        cols = [self.vocab[t] for t in set(lexemes) if t in self.vocab]
-        if not cols:
-            return []
-        scores = np.asarray(self.weights[:, cols].sum(axis=1)).ravel()
-        top = np.argpartition(-scores, min(k, len(scores) - 1))[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return [self.ids[i] for i in top if scores[i] > 0]
+        return [self.external[i] for i, _ in self.index.search(lexemes, k)]
 
 
 @dataclass
@@ -138,7 +116,7 @@ def query_lexemes(conn: psycopg.Connection, queries: dict[str, str]) -> dict[str
 
 
 def baseline_runs(conn, triton, queries: dict[str, str], version: str, triton_model: str) -> dict[str, dict[str, list[str]]]:
-    lexical = LexicalIndex.build(conn)
+    lexical = LexicalBaseline.build(conn)
     dense = DenseIndex.build(conn, version)
     lexemes = query_lexemes(conn, queries)
     ids = list(queries)

@@ -174,3 +174,30 @@ def test_sql_metacharacters_in_filters_match_nothing(client, catalog, value):
     assert list(rec.items) == []
     with psycopg.connect(catalog.url) as conn:
         assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == catalog.items
+
+
+def test_an_item_loaded_while_serving_is_found_by_its_words_within_seconds(client, catalog, tmp_path):
+    from gateway.engine import LEXICAL_POLL_S
+    from tests.gateway.conftest import eventually, unique
+    from workers.loading import load
+
+    # Given a serving gateway whose lexical index was built before the item existed
+    assert client.search("cordless drill", page_size=1).items
+    word = unique("quuxolator").replace("-", "")
+    item_id = unique("new-item")
+    path = tmp_path / "items.csv"
+    path.write_text(f"external_id,title\n{item_id},Cordless {word} with battery\n")
+    # when the item is loaded (not yet embedded: only its words can find it)
+    assert not load("items", path, catalog.url).errors
+
+    # then a search for its invented word finds it within a few polls of the index
+    def found(text):
+        assert [i.id for i in client.search(text, page_size=5).items][:1] == [item_id]
+
+    eventually(lambda: found(word), timeout=LEXICAL_POLL_S * 3)
+    # and once retitled, its new word finds it and the old one no longer does
+    renamed = word.replace("quux", "zort")
+    path.write_text(f"external_id,title\n{item_id},Cordless {renamed} with battery\n")
+    assert not load("items", path, catalog.url).errors
+    eventually(lambda: found(renamed), timeout=LEXICAL_POLL_S * 3)
+    assert item_id not in [i.id for i in client.search(word, page_size=10).items]

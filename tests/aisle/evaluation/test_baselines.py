@@ -12,7 +12,8 @@ from aisle.evaluation.recommend import (
     targets_and_history,
 )
 from aisle.evaluation.scratch import with_database
-from aisle.evaluation.search import DenseIndex, LexicalIndex, fuse
+from aisle.evaluation.search import DenseIndex, LexicalBaseline, fuse
+from gateway.lexical_index import LexicalIndex
 
 
 def rows(user: str, items: str, last_split: str = "valid") -> list[Interaction]:
@@ -49,11 +50,9 @@ def test_fusion_rewards_agreement():
     assert fuse(["a", "b"], ["b", "c"])[0] == "b"
 
 
-def test_lexical_index_is_empty_for_unknown_terms():
-    import scipy.sparse as sp
-
-    index = LexicalIndex(["a"], {"drill": 0}, sp.csc_matrix(np.ones((1, 1), dtype=np.float32)))
-    assert index.search(["saw"], 10) == [] and index.search(["drill"], 10) == ["a"]
+def test_lexical_baseline_is_empty_for_unknown_terms():
+    baseline = LexicalBaseline(LexicalIndex.build([(7, ["drill"], [1]), (8, ["hammer"], [1])]), {7: "a", 8: "b"})
+    assert baseline.search(["saw"], 10) == [] and baseline.search(["drill"], 10) == ["a"]
 
 
 def test_scratch_database_url_stays_a_url():
