@@ -154,8 +154,7 @@ def _padded(text: str) -> str:
     return f" {' '.join(_tokens(text))} "
 
 
-def _trigrams(text: str) -> set[str]:
-    padded = _padded(text)
+def _trigrams_of(padded: str) -> set[str]:
     return {padded[i : i + 3] for i in range(len(padded) - 2)}
 
 
@@ -163,7 +162,7 @@ def _trigrams(text: str) -> set[str]:
 def _title_profile(title: str) -> tuple[str, int]:
     """(padded text, number of distinct trigrams) of a title."""
     padded = _padded(title)
-    return padded, len({padded[i : i + 3] for i in range(len(padded) - 2)})
+    return padded, len(_trigrams_of(padded))
 
 
 def text_columns(query: str, titles: list[str]) -> dict[str, np.ndarray]:
@@ -178,7 +177,7 @@ def text_columns(query: str, titles: list[str]) -> dict[str, np.ndarray]:
     bigram = np.zeros(n, dtype=np.float32)
     numbers = np.zeros(n, dtype=np.float32)
     q_tokens = _tokens(query)
-    q_tri = _trigrams(query)
+    q_tri = _trigrams_of(_padded(query))
     q_pairs = {f" {a} {b} " for a, b in zip(q_tokens, q_tokens[1:])}
     q_numbers = {f" {t} " for t in q_tokens if any(ch.isdigit() for ch in t)}
     for i, title in enumerate(titles):

@@ -198,11 +198,9 @@ class AsyncTritonClient:
         ))
         try:
             return await asyncio.wait_for(asyncio.shield(call), budget)
-        except asyncio.TimeoutError:
-            call.add_done_callback(_drop_result)
-            raise
-        except asyncio.CancelledError:
-            # The caller gave up (its own client went away): the call still runs to its end.
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            # Past the budget, or the caller gave up (its own client went away): either way the
+            # call runs to its end on Triton.
             call.add_done_callback(_drop_result)
             raise
         except InferenceServerException as exc:

@@ -165,7 +165,7 @@ class Lexicon:
 
     @property
     def stats(self) -> LexiconStats:
-        return self.index.corpus.lexicon()
+        return self.index.corpus.lexicon
 
 
 @dataclass

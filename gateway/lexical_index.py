@@ -23,25 +23,18 @@ import scipy.sparse as sp
 
 from core.features import BM25_B, BM25_K1, LexiconStats
 
-# (item id, lexemes, term frequency of each lexeme)
-Doc = tuple[int, Sequence[str], Sequence[int]]
+# (item id, lexemes, term frequency of each lexeme), as Postgres returns them (None: no lexemes)
+Doc = tuple[int, Sequence[str] | None, Sequence[int] | None]
 
 
 @dataclass(frozen=True)
 class Corpus:
     """Collection statistics every score is computed against (the base index's)."""
 
-    documents: int
-    doc_freq: dict[str, int]
+    # Documents, document frequencies and the mean number of distinct lexemes: what the ranker's
+    # binary-tf BM25 feature reads, and the idf both share.
+    lexicon: LexiconStats
     mean_tf_length: float  # mean of the sum of term frequencies: BM25's document length
-    mean_distinct: float  # mean number of distinct lexemes: the ranker's binary-tf BM25 feature
-
-    def idf(self, lexeme: str) -> float:
-        df = self.doc_freq.get(lexeme, 0)
-        return float(np.log(1.0 + (self.documents - df + 0.5) / (df + 0.5)))
-
-    def lexicon(self) -> LexiconStats:
-        return LexiconStats(self.documents, self.doc_freq, self.mean_distinct)
 
 
 class BM25Matrix:
@@ -72,13 +65,11 @@ class BM25Matrix:
             df = np.bincount(c, minlength=m)
             terms = list(vocab)
             corpus = Corpus(
-                documents=n,
-                doc_freq={terms[k]: int(df[k]) for k in range(m)},
+                LexiconStats(n, {terms[k]: int(df[k]) for k in range(m)}, float(len(c) / n) if n else 1.0),
                 mean_tf_length=float(lengths.mean()) if n else 1.0,
-                mean_distinct=float(len(c) / n) if n else 1.0,
             )
         self.corpus = corpus
-        idf = np.array([corpus.idf(t) for t in vocab], np.float32)
+        idf = np.array([corpus.lexicon.idf(t) for t in vocab], np.float32)
         norm = BM25_K1 * (1 - BM25_B + BM25_B * lengths / max(corpus.mean_tf_length, 1e-6))
         w = idf[c] * tf * (BM25_K1 + 1) / (tf + norm[r]) if len(c) else np.zeros(0, np.float32)
         self.weights = sp.csc_matrix((w, (r, c)), shape=(n, m), dtype=np.float32)
@@ -121,6 +112,8 @@ class LexicalIndex:
 
     def search(self, lexemes: Sequence[str], k: int) -> list[tuple[int, float]]:
         """The ``k`` best (item id, BM25 score), best first; items matching no lexeme are left out."""
+        if k <= 0:
+            return []
         scores = self.base.scores(lexemes)
         if self.superseded is not None:
             scores[self.superseded] = 0.0
@@ -129,8 +122,6 @@ class LexicalIndex:
             scores = np.concatenate([scores, self.overlay.scores(lexemes)])
             ids = np.concatenate([ids, self.overlay.ids])
         hit = np.flatnonzero(scores > 0)
-        if k <= 0:
-            return []
         if len(hit) > k:
             # Everything scoring at least the k-th best, so ties at the cut are settled by id
             # below rather than by where argpartition happened to leave them.

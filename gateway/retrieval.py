@@ -120,7 +120,7 @@ async def lexical_documents(conn: psycopg.AsyncConnection, changed_since=None):
         async with conn.cursor("aisle_lexical_docs", binary=True) as cur:
             await cur.execute(sql.SQL(LEXICAL_DOCS).format(where=where), {"since": changed_since})
             while rows := await cur.fetchmany(LEXICAL_DOCS_CHUNK):
-                docs.extend((r[0], r[1] or (), r[2] or ()) for r in rows)
+                docs.extend(rows)
     return snapshot, docs
 
 

@@ -67,7 +67,7 @@ class LexicalBaseline:
     def build(cls, conn: psycopg.Connection) -> LexicalBaseline:
         docs = conn.execute(sql.SQL(LEXICAL_DOCS).format(where=sql.SQL("")), binary=True).fetchall()
         external = dict(conn.execute("SELECT id, external_id FROM items").fetchall())
-        return cls(LexicalIndex.build((r[0], r[1] or (), r[2] or ()) for r in docs), external)
+        return cls(LexicalIndex.build(docs), external)
 
     def search(self, lexemes: list[str], k: int) -> list[str]:
         return [self.external[i] for i, _ in self.index.search(lexemes, k)]

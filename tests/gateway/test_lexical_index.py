@@ -83,7 +83,7 @@ def test_changed_items_shadow_their_old_words_and_new_items_are_found():
 
 
 def test_corpus_statistics_feed_the_ranker_features():
-    stats = LexicalIndex.build(DOCS).corpus.lexicon()
+    stats = LexicalIndex.build(DOCS).corpus.lexicon
     assert stats.documents == 4
     assert stats.doc_freq["drill"] == 2
     assert math.isclose(stats.mean_length, (3 + 2 + 1 + 0) / 4)

@@ -53,7 +53,7 @@ _WANT = [
        WHERE child.kind = 'category' AND child.depth > 1""",
     # Pairs are summed by item first, then mapped to nodes by hash joins: joining the nodes
     # inside the pair aggregation let a stale row estimate pick a nested loop over 99k nodes ×
-    # 1.4M pairs (over 7 minutes after the first bulk load; 0.6 s with this shape).
+    # 1.4M pairs (over 7 minutes after the first bulk load; 0.9 s with this shape, unanalysed).
     f"""WITH seq AS (
            SELECT user_id, item_id, row_number() OVER (PARTITION BY user_id ORDER BY occurred_at, id) AS pos
            FROM events),
