@@ -105,7 +105,7 @@ async def recommend_examples(engine, targets: dict[str, str], say) -> Examples:
     out = Examples()
     users = list(targets.items())
     for n, (user, target) in enumerate(users):
-        pool = await engine.recommend_pool(RecommendQuery(user_id=user, k=20))
+        pool = await engine.recommend_pool(RecommendQuery(user_id=user, k=20, time_left_s=30.0))
         if pool.facts is None or not pool.facts.ids:
             continue
         labels = np.array([1 if e == target else 0 for e in pool.facts.external_ids])

@@ -49,6 +49,21 @@ def tree_rss_mb(pid: int) -> float:
     return total / 2**20
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used by a process, its live descendants and the children it
+    has reaped (a Postgres backend that exited counts in the postmaster's)."""
+    proc = psutil.Process(pid)
+    times = proc.cpu_times()
+    total = times.user + times.system + times.children_user + times.children_system
+    for child in proc.children(recursive=True):
+        try:
+            t = child.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 @contextmanager
 def triton_server(repository: Path, log: Path):
     """A tritonserver of the benchmark's own on the given repository."""

@@ -27,6 +27,7 @@ import asyncio
 import csv
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -40,7 +41,7 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import DATA, RESULTS, machine, require, tree_rss_mb, write_result  # noqa: E402
+from bench.common import DATA, RESULTS, machine, require, tree_cpu_s, tree_rss_mb, write_result  # noqa: E402
 
 MIX = (("search", 0.7), ("recommend", 0.2), ("track", 0.1))
 # Share of the gateway benchmark's best Search QPS the soak offers (the issue's 70%).
@@ -56,6 +57,9 @@ MAX_MEMORY_GROWTH = 0.10
 JUDGED_MEMORY = ("gateway", "worker", "tritonserver")
 MEASURED_PROCESSES = ("gateway", "worker", "tritonserver", "postgres")
 SEED = 0
+# Statements slower than this are logged by the soak's Postgres (a search's queries take
+# 1-20 ms when the machine is quiet).
+SLOW_STATEMENT_MS = 250
 
 
 # --- Workload --------------------------------------------------------------------------------
@@ -172,6 +176,17 @@ def rss_by_process(pids: dict[str, int]) -> dict[str, float | None]:
     return out
 
 
+def cpu_by_process(pids: dict[str, int]) -> dict[str, float | None]:
+    """CPU seconds used so far by each process with its children."""
+    out = {}
+    for name, pid in pids.items():
+        try:
+            out[name] = tree_cpu_s(pid)
+        except psutil.NoSuchProcess:
+            out[name] = None
+    return out
+
+
 def refresh_progress(url: str) -> dict:
     with psycopg.connect(url) as conn:
         rows = conn.execute(
@@ -182,16 +197,21 @@ def refresh_progress(url: str) -> dict:
 
 
 async def watch(seconds: float, pids: dict[str, int], url: str, say) -> list[dict]:
-    """One sample per minute (and one at the very end): memory and refresh progress."""
+    """One sample per minute (and one at the very end): memory, cores used since the last
+    sample (who took the machine when calls ran late) and refresh progress."""
     samples, t0 = [], time.monotonic()
-    minute = 0
+    minute, cpu, at = 0, cpu_by_process(pids), t0
     while True:
         await asyncio.sleep(min(60.0, max(0.0, t0 + seconds - time.monotonic())))
         minute += 1
-        sample = {"minute": minute, "t_s": round(time.monotonic() - t0, 1), "rss_mb": rss_by_process(pids),
+        now_cpu, now = cpu_by_process(pids), time.monotonic()
+        cores = {name: round((now_cpu[name] - cpu[name]) / (now - at), 2) if now_cpu[name] is not None
+                 and cpu[name] is not None else None for name in pids}
+        cpu, at = now_cpu, now
+        sample = {"minute": minute, "t_s": round(now - t0, 1), "rss_mb": rss_by_process(pids), "cores": cores,
                   "refresh": await asyncio.to_thread(refresh_progress, url)}
         samples.append(sample)
-        say(f"minute {minute}: rss {sample['rss_mb']} refresh {sample['refresh']}")
+        say(f"minute {minute}: rss {sample['rss_mb']} cores {cores} refresh {sample['refresh']}")
         if time.monotonic() - t0 >= seconds - 1:
             return samples
 
@@ -296,6 +316,15 @@ def main(
         try:
             filled = stack.stack_settings(settings)
             url = filled.database_url
+            with psycopg.connect(url, autocommit=True) as conn:
+                # Slow statements go to the Postgres log kept with the results, to tell which
+                # query a late call waited on.
+                conn.execute(f"ALTER SYSTEM SET log_min_duration_statement = {SLOW_STATEMENT_MS}")
+                # ... and what else can hold the machine or a lock: checkpoints, autovacuum, waits.
+                for setting in ("log_checkpoints = on", f"log_autovacuum_min_duration = {SLOW_STATEMENT_MS}",
+                                "log_lock_waits = on"):
+                    conn.execute(f"ALTER SYSTEM SET {setting}")
+                conn.execute("SELECT pg_reload_conf()")
             t = time.perf_counter()
             if items:
                 subset = tmp / "products.csv"
@@ -330,6 +359,9 @@ def main(
             stored = events_stored(url, run_id)
         finally:
             stack.down(settings, say=say)
+            logs = RESULTS / f"soak-{time.strftime('%Y%m%d-%H%M%S')}-logs"
+            shutil.copytree(tmp / "run" / "logs", logs, dirs_exist_ok=True)
+            say(f"logs kept in {logs}")
 
     records = traffic.records
     by_status: dict[str, dict[str, int]] = {}

@@ -5,8 +5,10 @@ Search: query embedding (cached) → dense (HNSW), full-text and knowledge-graph
 parallel → reciprocal-rank fusion → features → the learned ranker → filters → page.
 Recommend: profile (stored, plus events since the last refresh folded on read) → ANN,
 co-occurrence, graph-neighbour and popular candidates → ranker → MMR diversity → history out.
-Every stage runs inside a budget cut from the call's deadline; when the encoder or the ranker
-cannot answer in time the pipeline answers from what it has and says so (``degraded``).
+Every stage runs inside a budget cut from the call's deadline; when the encoder, the ranker or
+a retriever the answer can do without (dense, graph, personalisation, each Recommend source)
+cannot answer in time the pipeline answers from what it has and says so (``degraded``). Postgres
+work an answer needs is cancelled at the deadline (DEADLINE_EXCEEDED), not left running.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import numpy as np
 import psycopg
@@ -49,6 +52,7 @@ from gateway.model import (
     InvalidInput,
     Item,
     NotFound,
+    OutOfTime,
     Ranked,
     RecommendQuery,
     SearchQuery,
@@ -59,6 +63,7 @@ from gateway.query_cache import QueryCache
 from gateway.spelling import QueryCorrector, expand
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Candidates per retriever. Share of relevant Home Depot dev products in the pool (1,000
 # queries): 200 dense + 200 full-text 0.877, 400 + 400 0.911; 300 + 300 keeps most of that
@@ -83,6 +88,12 @@ EMBED_SHARE = 0.4
 RANKER_SHARE = 0.3
 # Time kept back to assemble the answer after the last stage.
 REPLY_MARGIN_S = 0.01
+# Share of the call's time left when retrieval starts that the retrievers an answer can do
+# without (dense, graph, the user's profile; Recommend's sources) may take before they are left
+# out. Half, by reasoning rather than tuning: the facts query and the ranker still need the
+# other half, and the cut only bites when Postgres is contended (a quiet search retrieves in
+# tens of ms of its 1-2 s; under bench/soak.py's refreshes single retrievers took over a second).
+OPTIONAL_RETRIEVAL_SHARE = 0.5
 # How long the active embedding model and the lexicon are trusted before re-reading.
 MODEL_TTL_S = 10.0
 # How long a search may spend asking Triton whether the query twin of the encoder is loaded.
@@ -125,6 +136,26 @@ class Budget:
     def share(self, fraction: float) -> float:
         return self.left() * fraction
 
+    def until(self, fraction: float) -> float:
+        """The time.monotonic() by which a stage given ``fraction`` of what is left must end."""
+        return time.monotonic() + self.share(fraction)
+
+
+def _loop_time(monotonic: float) -> float:
+    """``monotonic`` (a time.monotonic() reading) on the event loop's clock."""
+    return asyncio.get_running_loop().time() + (monotonic - time.monotonic())
+
+
+async def optional(what: str, work: Awaitable[T], deadline: float, reasons: list[str], fallback: T) -> T:
+    """``work``'s result, or ``fallback`` (and a reason saying so) when it is not done by
+    ``deadline`` (time.monotonic()); its Postgres query is cancelled in the server."""
+    try:
+        async with asyncio.timeout_at(_loop_time(deadline)):
+            return await work
+    except (TimeoutError, OutOfTime):
+        reasons.append(f"{what} missed its budget: left out")
+        return fallback
+
 
 @dataclass
 class Timer:
@@ -162,6 +193,10 @@ class Lexicon:
     snapshot: datetime  # database time the full build read the catalog
     index: LexicalIndex
     corrector: QueryCorrector
+    # updated_at of each item changed since snapshot − CHANGE_MARGIN_S as the index holds it,
+    # and the documents of the items changed since the full build (the overlay's).
+    stamps: dict[int, datetime] = field(default_factory=dict)
+    changed: dict[int, tuple] = field(default_factory=dict)
 
     @property
     def stats(self) -> LexiconStats:
@@ -209,15 +244,27 @@ class Engine:
 
     @asynccontextmanager
     async def connection(self, timeout_s: float | None = None):
+        """A pooled connection. Inside a call (and without an explicit ``timeout_s``, which
+        background loads pass) both the wait for it and the work on it end by the call's
+        deadline: a query still running then is cancelled in the server and OutOfTime raised."""
+        deadline = _CALL_DEADLINE.get() if timeout_s is None else None
+        if deadline is not None:
+            deadline -= POOL_REPLY_MARGIN_S
+        bound = None
         try:
             if timeout_s is None:
-                deadline = _CALL_DEADLINE.get()
-                timeout_s = POOL_WAIT_S if deadline is None else min(POOL_WAIT_S, max(0.001, deadline - time.monotonic() - POOL_REPLY_MARGIN_S))
+                timeout_s = POOL_WAIT_S if deadline is None else min(POOL_WAIT_S, max(0.001, deadline - time.monotonic()))
             async with self.pool.connection(timeout=timeout_s) as conn:
-                yield conn
+                if deadline is None:
+                    yield conn
+                else:
+                    async with (bound := asyncio.timeout_at(_loop_time(deadline))):
+                        yield conn
         except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
             raise Unavailable(f"database unavailable: {exc}") from None
         except TimeoutError as exc:
+            if bound is not None and bound.expired():
+                raise OutOfTime("the database did not answer within the call's deadline") from None
             raise Unavailable(f"database unavailable: {exc or 'no connection in time'}") from None
 
     async def active_model(self) -> EmbeddingModel:
@@ -257,22 +304,36 @@ class Engine:
     async def _load_lexicon(self) -> Lexicon:
         started = time.monotonic()
         async with self.connection(timeout_s=POOL_WAIT_S) as conn:
-            snapshot, docs = await retrieval.lexical_documents(conn)
+            read = await retrieval.lexical_documents(conn, CHANGE_MARGIN_S)
             words = await retrieval.vocabulary(conn)
         # Building the index (~1 s for 59k items) and the corrector's (~0.4 s): off the event loop.
-        index = await asyncio.to_thread(LexicalIndex.build, docs)
+        index = await asyncio.to_thread(LexicalIndex.build, read.docs)
         corrector = await asyncio.to_thread(QueryCorrector, words)
-        self._lexicon = Lexicon(started, started, snapshot, index, corrector)
+        self._lexicon = Lexicon(started, started, read.snapshot, index, corrector, read.stamps)
         return self._lexicon
 
     async def _poll_lexicon(self, current: Lexicon) -> Lexicon:
+        """Fold in the items changed since the last look. Rows stamped within CHANGE_MARGIN_S
+        before the full build are looked at again (a transaction in flight then commits later),
+        but only those whose stamp differs from the one the index holds are read: right after a
+        catalog import every item is that recent, and re-reading them all (59k > OVERLAY_MAX)
+        meant a full rebuild at every poll for two minutes, which starved the searches of the
+        first minutes of bench/soak.py (95 past their deadline)."""
         started = time.monotonic()
         async with self.connection(timeout_s=POOL_WAIT_S) as conn:
-            _, docs = await retrieval.lexical_documents(conn, current.snapshot - timedelta(seconds=CHANGE_MARGIN_S))
-        if len(docs) > OVERLAY_MAX:
+            seen = await retrieval.changed_items(conn, current.snapshot - timedelta(seconds=CHANGE_MARGIN_S))
+            fresh = [i for i, at in seen.items() if current.stamps.get(i) != at]
+            too_many = len(current.changed.keys() | fresh) > OVERLAY_MAX
+            docs = await retrieval.documents_of(conn, fresh) if fresh and not too_many else []
+        if too_many:
             return await self._load_lexicon()
-        index = await asyncio.to_thread(current.index.with_changes, {d[0]: d for d in docs})
-        self._lexicon = replace(current, polled_at=started, index=index)
+        if not fresh:
+            self._lexicon = replace(current, polled_at=started)
+            return self._lexicon
+        changed = current.changed | {d[0]: d for d in docs}
+        index = await asyncio.to_thread(current.index.with_changes, changed)
+        stamps = current.stamps | {i: seen[i] for i in fresh}
+        self._lexicon = replace(current, polled_at=started, index=index, stamps=stamps, changed=changed)
         return self._lexicon
 
     async def ready(self) -> bool:
@@ -353,7 +414,8 @@ class Engine:
         corrections = lexicon.corrector.corrections(q.query)
         async with timer.stage("retrieve"):
             lists, scores_by, graph_paths, expansions, lexemes, user = await self._search_candidates(
-                q, expand(q.query, corrections), model, qvec, lexicon.index
+                q, expand(q.query, corrections), model, qvec, lexicon.index,
+                budget.until(OPTIONAL_RETRIEVAL_SHARE), reasons,
             )
         for typed, fixed in corrections.items():
             expansions.setdefault(typed, []).append(f"spelling:{fixed}")
@@ -374,7 +436,13 @@ class Engine:
             pool.facts, pool.signals, pool.features = facts, signals, matrix(signals)
         return pool
 
-    async def _search_candidates(self, q: SearchQuery, lexical_query: str, model: EmbeddingModel, qvec, index: LexicalIndex):
+    async def _search_candidates(
+        self, q: SearchQuery, lexical_query: str, model: EmbeddingModel, qvec, index: LexicalIndex,
+        optional_until: float, reasons: list[str],
+    ):
+        """The retrievers' lists; lexical retrieval is required, the others are left out (with
+        a reason) when they are not done by ``optional_until``."""
+
         async def dense():
             if qvec is None:
                 return []
@@ -395,13 +463,19 @@ class Engine:
             async with self.connection() as conn:
                 matches = await retrieval.graph_matches(conn, lexical_query)
                 ids = await retrieval.graph_items(conn, [m.node_id for m in matches], GRAPH_CANDIDATES * 20)
+            if ids:
+                # Order the graph's items by closeness to the query (its own retriever ranking).
+                ids = await self._order_by_vector(ids, qvec, model, q.filters, GRAPH_CANDIDATES)
             return matches, ids
 
         async def user():
             return await self.user_state(q.user_id, model) if q.user_id else None
 
         (dense_hits, (lex_hits, lexemes), (matches, graph_ids), state) = await asyncio.gather(
-            dense(), lexical(), graph(), user()
+            optional("dense retrieval", dense(), optional_until, reasons, []),
+            lexical(),
+            optional("knowledge-graph expansion", graph(), optional_until, reasons, ([], [])),
+            optional("personalisation", user(), optional_until, reasons, None),
         )
         lists = {"dense": [h.item_id for h in dense_hits], "lexical": [h.item_id for h in lex_hits]}
         expansions: dict[str, list[str]] = {}
@@ -409,8 +483,6 @@ class Engine:
             expansions.setdefault(m.matched, []).append(m.label)
         graph_paths: dict[int, list[str]] = {}
         if graph_ids:
-            # Order the graph's items by closeness to the query (its own retriever ranking).
-            graph_ids = await self._order_by_vector(graph_ids, qvec, model, q.filters, GRAPH_CANDIDATES)
             lists["graph"] = graph_ids
             path = [f"query:{m.matched}" for m in matches[:1]] + [f"{m.kind}:{m.label}" for m in matches[:3]]
             for item_id in graph_ids:
@@ -523,27 +595,30 @@ class Engine:
 
     async def recommend(self, q: RecommendQuery) -> Ranked:
         budget, timer = Budget(q.time_left_s), Timer()
-        pool = await self.recommend_pool(q, timer)
+        pool = await self.recommend_pool(q, timer, budget)
         if pool.facts is None:
             async with timer.stage("popular"):
                 hits = await self._popular(pool.model, q, pool.exclude)
-            return Ranked(hits, model_versions=self._versions(pool.model), stage_ms=timer.stages)
+            return Ranked(hits, degraded=bool(pool.reasons), degraded_reason="; ".join(pool.reasons),
+                          model_versions=self._versions(pool.model), stage_ms=timer.stages)
         scores, rank_reason = await self._scores(pool.features, budget, timer)
         async with timer.stage("diversify"):
             picked = mmr(scores, pool.facts.embeddings, q.k, MMR_LAMBDA)
         hits = [self._hit(pool, k, scores, q.explain, rank_reason is None) for k in picked]
+        reasons = pool.reasons + ([rank_reason] if rank_reason else [])
         return Ranked(
             hits,
-            degraded=rank_reason is not None,
-            degraded_reason=rank_reason or "",
+            degraded=bool(reasons),
+            degraded_reason="; ".join(reasons),
             model_versions=self._versions(pool.model),
             stage_ms=timer.stages,
         )
 
-    async def recommend_pool(self, q: RecommendQuery, timer: Timer | None = None) -> Pool:
+    async def recommend_pool(self, q: RecommendQuery, timer: Timer | None = None, budget: Budget | None = None) -> Pool:
         """Candidates and features for a user (and/or context items); ``facts`` stays None when
-        there is nothing to personalise on (cold start: the caller serves popular items)."""
-        timer = timer or Timer()
+        there is nothing to personalise on (cold start: the caller serves popular items) or no
+        source answered in time (the caller serves popular items, degraded)."""
+        timer, budget = timer or Timer(), budget or Budget(q.time_left_s)
         model = await self.active_model()
         async with timer.stage("user"):
             user = await self.user_state(q.user_id, model) if q.user_id else UserState(None, None, set(), [])
@@ -554,7 +629,9 @@ class Engine:
         if not anchors and (user.profile is None or user.profile.weight <= 0):
             return pool
         async with timer.stage("retrieve"):
-            lists, anchor_vecs = await self._recommend_candidates(model, user, anchors, pool.exclude, q.filters)
+            lists, anchor_vecs = await self._recommend_candidates(
+                model, user, anchors, pool.exclude, q.filters, budget.until(OPTIONAL_RETRIEVAL_SHARE), pool.reasons
+            )
         ids = [i for i, _ in reciprocal_rank_fusion(lists) if i not in pool.exclude][:RANKED_POOL]
         if not ids:
             return pool
@@ -595,7 +672,8 @@ class Engine:
             raise NotFound(f"unknown item ids: {', '.join(missing[:5])}")
         return [found[e] for e in external_ids]
 
-    async def _recommend_candidates(self, model, user: UserState, anchors, exclude, filters):
+    async def _recommend_candidates(self, model, user: UserState, anchors, exclude, filters, optional_until: float, reasons: list[str]):
+        """Recommend's sources; each is left out (with a reason) when not done by ``optional_until``."""
         async def by_vector(vector):
             if vector is None:
                 return []
@@ -640,7 +718,10 @@ class Engine:
             return [r[0] for r in rows]
 
         profile_hits, last_hits, cooc_ids, popular_ids = await asyncio.gather(
-            by_vector(profile_vec), by_vector(last_vec), cooc(), popular_in_categories()
+            optional("profile similarity", by_vector(profile_vec), optional_until, reasons, []),
+            optional("last-item similarity", by_vector(last_vec), optional_until, reasons, []),
+            optional("co-occurrence", cooc(), optional_until, reasons, []),
+            optional("popular in category", popular_in_categories(), optional_until, reasons, []),
         )
         lists = {
             "profile": [h.item_id for h in profile_hits],

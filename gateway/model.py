@@ -119,5 +119,9 @@ class Unavailable(RuntimeError):
     """No answer is possible, not even a degraded one (UNAVAILABLE)."""
 
 
+class OutOfTime(RuntimeError):
+    """A stage no answer can do without ran past the call's deadline (DEADLINE_EXCEEDED)."""
+
+
 class InvalidInput(ValueError):
     """The request is malformed in a way only the pipeline can see (INVALID_ARGUMENT)."""

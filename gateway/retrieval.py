@@ -8,6 +8,7 @@ those through psycopg.sql quoting.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import numpy as np
 import psycopg
@@ -110,18 +111,47 @@ LATERAL (SELECT array_agg(u.lexeme) AS lexemes,
 LEXICAL_DOCS_CHUNK = 5000
 
 
-async def lexical_documents(conn: psycopg.AsyncConnection, changed_since=None):
-    """(snapshot time, [(item id, lexemes, tfs)]) for every item, or for those updated after
-    ``changed_since``; the snapshot time is when the read began (rows changed later are not in it)."""
-    where = sql.SQL("WHERE i.updated_at > %(since)s") if changed_since is not None else sql.SQL("")
+@dataclass(frozen=True)
+class LexicalRead:
+    """One consistent read of the catalog's documents for the lexical index."""
+
+    snapshot: datetime  # database time of the read (rows committed later are not in it)
+    docs: list  # [(item id, lexemes, tfs)]
+    # updated_at of the items read that changed in the ``recent_s`` before the snapshot: what a
+    # later look for changes compares against, so a row read here is not read again.
+    stamps: dict[int, datetime]
+
+
+async def lexical_documents(conn: psycopg.AsyncConnection, recent_s: float) -> LexicalRead:
+    """Every item's document, with the stamps of the recently changed ones, from one snapshot
+    (REPEATABLE READ: the stamps are those of exactly the rows read)."""
     docs = []
     async with conn.transaction():
+        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         snapshot = (await (await conn.execute("SELECT now()")).fetchone())[0]
         async with conn.cursor("aisle_lexical_docs", binary=True) as cur:
-            await cur.execute(sql.SQL(LEXICAL_DOCS).format(where=where), {"since": changed_since})
+            await cur.execute(sql.SQL(LEXICAL_DOCS).format(where=sql.SQL("")))
             while rows := await cur.fetchmany(LEXICAL_DOCS_CHUNK):
                 docs.extend(rows)
-    return snapshot, docs
+        stamps = await changed_items(conn, snapshot - timedelta(seconds=recent_s))
+    return LexicalRead(snapshot, docs, stamps)
+
+
+async def changed_items(conn: psycopg.AsyncConnection, since: datetime) -> dict[int, datetime]:
+    """updated_at of every item updated after ``since`` (an index range scan: ids and stamps only)."""
+    rows = await (await conn.execute("SELECT id, updated_at FROM items WHERE updated_at > %s", (since,))).fetchall()
+    return dict(rows)
+
+
+async def documents_of(conn: psycopg.AsyncConnection, ids: list[int]) -> list:
+    """[(item id, lexemes, tfs)] of the items ``ids`` (those that still exist)."""
+    docs = []
+    async with conn.transaction():
+        async with conn.cursor("aisle_lexical_changed", binary=True) as cur:
+            await cur.execute(sql.SQL(LEXICAL_DOCS).format(where=sql.SQL("WHERE i.id = ANY(%(ids)s)")), {"ids": ids})
+            while rows := await cur.fetchmany(LEXICAL_DOCS_CHUNK):
+                docs.extend(rows)
+    return docs
 
 
 async def keep_matching(conn: psycopg.AsyncConnection, ids: list[int], filters: Filters) -> list[int]:

@@ -33,6 +33,7 @@ from gateway.model import (
     Filters,
     InvalidInput,
     NotFound,
+    OutOfTime,
     Ranked,
     RecommendQuery,
     SearchQuery,
@@ -228,6 +229,11 @@ def rpc(method):
             await fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except NotFound as exc:
             await fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        except OutOfTime as exc:
+            # Said just before the caller's own timer fires, so the call's Postgres work is
+            # cancelled rather than left running for an answer nobody reads.
+            log.warning("%s out of time: %s", method.__name__, exc)
+            await fail(context, grpc.StatusCode.DEADLINE_EXCEEDED, f"{exc} (request id {logs.current_request_id()})")
         except Unavailable as exc:
             # The caller learns what is down ("Triton unavailable", "database unavailable"), not
             # the addresses and errors behind it: those go to the log under the request id.

@@ -25,7 +25,8 @@ class TickResult:
 def tick(deps: Deps, job: BatchJob, enqueue: Enqueue) -> TickResult:
     """Open a run when there is work and none is open; finish it when the backlog is empty.
 
-    While a run is open, each tick hands out work nobody holds: keys above what was
+    A job has at most ``queued_batches_per_job`` batches queued, so jobs sharing a queue take
+    turns. While a run is open, each tick hands out work nobody holds: keys above what was
     dispatched (new items), everything pending once all dispatched rows are done (changed
     items), and everything pending when the run made no progress for a while (tasks lost with
     a dead worker; running a range twice is harmless)."""
@@ -49,7 +50,14 @@ def tick(deps: Deps, job: BatchJob, enqueue: Enqueue) -> TickResult:
             stalled = bool(signs) and _seconds_since(conn, max(signs)) > deps.settings.redispatch_after_s
             new_round = started or stalled or run.done >= run.dispatched_rows
             batch = job.batch_size(deps.settings)
-            ranges = plan(job, conn, batch) if new_round else plan(job, conn, batch, after=run.dispatched_max_id)
+            # Top the job's queued batches up to the cap (rows dispatched but not yet counted
+            # done, in whole batches: a batch whose rows were taken by another task never counts
+            # its full size, and must not hold a slot for ever).
+            queued = 0 if new_round else (run.dispatched_rows - run.done) // batch
+            room = max(0, deps.settings.queued_batches_per_job - queued)
+            if room:
+                after = 0 if new_round else run.dispatched_max_id
+                ranges = plan(job, conn, batch, after=after, limit=room)
             if ranges:
                 runs.mark_dispatched(conn, run.id, ranges[-1].last, sum(r.rows for r in ranges), new_round)
     if backlog.pending == 0:

@@ -45,7 +45,9 @@ def test_given_queued_refresh_tasks_when_the_broker_restarts_then_the_work_compl
     assert load_homedepot(url, tmp_path, ITEMS) == ITEMS
     env = dict(os.environ, AISLE_DATABASE_URL=url, AISLE_REDIS_URL=broker_url, AISLE_TRITON_URL=triton_url,
                AISLE_RUN_DIR=str(tmp_path / "run"), AISLE_EMBEDDING_BATCH=str(BATCH),
-               AISLE_TASK_VISIBILITY_TIMEOUT_S=str(VISIBILITY_S), AISLE_REDISPATCH_AFTER_S=str(REDISPATCH_AFTER_S))
+               AISLE_TASK_VISIBILITY_TIMEOUT_S=str(VISIBILITY_S), AISLE_REDISPATCH_AFTER_S=str(REDISPATCH_AFTER_S),
+               # One tick queues all 24 batches: the queue must hold work when the broker stops.
+               AISLE_QUEUED_BATCHES_PER_JOB=str(ITEMS // BATCH))
     workers = Workers(env, tmp_path)
     try:
         workers.start(concurrency=1, queues="triton")

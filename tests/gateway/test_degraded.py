@@ -1,11 +1,15 @@
 """When Triton goes away mid-flight: Search still answers from the lexical and graph retrievers,
-within the caller's deadline and saying so; the models' own RPCs answer UNAVAILABLE."""
+within the caller's deadline and saying so; the models' own RPCs answer UNAVAILABLE. When a
+Postgres query stalls: a retriever the answer can do without is left out at its budget, one the
+answer needs ends the call before the caller's deadline; either way the query is cancelled."""
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import grpc
+import psycopg
 import pytest
 
 from aisle import processes
@@ -110,3 +114,65 @@ def test_search_answers_within_its_deadline_when_triton_hangs(gateway_loop, cata
             assert all({r.name for r in i.explanation.retrievers} <= {"lexical", "graph"} for i in response.items)
     finally:
         gw.stop()
+
+
+@contextmanager
+def locked(url: str, table: str):
+    """Another session holds ``table`` exclusively: every query that reads it waits."""
+    with psycopg.connect(url) as conn:
+        conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+
+
+def lock_waiters(conn) -> int:
+    """Queries of other sessions waiting on a lock in this database."""
+    return conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+    ).fetchone()[0]
+
+
+def test_search_leaves_out_a_stalled_graph_query_and_cancels_it(client, catalog):
+    # Given the knowledge graph's tables locked by another session (every graph query waits)
+    with locked(catalog.url, "kg_nodes") as holder:
+        # When a search runs with a 2 s deadline
+        t0 = time.monotonic()
+        response = client.search(unique("cordless drill"), page_size=5, explain=True, timeout_s=2.0)
+        elapsed = time.monotonic() - t0
+
+        # then it answers within the deadline, without graph candidates, and says so
+        assert elapsed < 2.0
+        assert response.degraded
+        assert "knowledge-graph expansion missed its budget" in response.degraded_reason
+        assert response.items
+        for item in response.items:
+            assert "graph" not in {r.name for r in item.explanation.retrievers}, item
+        # and the stalled query was cancelled, not left waiting for the lock
+        eventually(lambda: assert_no_waiters(holder))
+
+    # and once the lock is gone the same search is whole again
+    again = client.search("cordless drill", page_size=5, timeout_s=10.0)
+    assert "knowledge-graph" not in again.degraded_reason
+
+
+def test_search_ends_at_its_deadline_when_a_needed_query_stalls(client, catalog):
+    # Given the item statistics locked (the candidates' facts, which every answer needs, wait)
+    with locked(catalog.url, "item_stats") as holder:
+        # When a search runs with a 1.5 s deadline
+        t0 = time.monotonic()
+        err = rpc_error(client.search, unique("cordless drill"), page_size=5, timeout_s=1.5)
+        elapsed = time.monotonic() - t0
+
+        # then the gateway itself ends it before the caller's timer: DEADLINE_EXCEEDED, saying why
+        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.details()
+        assert "database did not answer within the call's deadline" in err.details()
+        assert elapsed < 1.5
+        # and the query was cancelled in Postgres, not left holding a connection
+        eventually(lambda: assert_no_waiters(holder))
+
+
+def assert_no_waiters(conn) -> None:
+    assert lock_waiters(conn) == 0

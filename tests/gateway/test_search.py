@@ -201,3 +201,31 @@ def test_an_item_loaded_while_serving_is_found_by_its_words_within_seconds(clien
     assert not load("items", path, catalog.url).errors
     eventually(lambda: found(renamed), timeout=LEXICAL_POLL_S * 3)
     assert item_id not in [i.id for i in client.search(word, page_size=10).items]
+
+
+def test_a_poll_after_a_catalog_import_reads_only_what_changed_since(gateway, gateway_loop, catalog, monkeypatch):
+    from gateway import engine as engine_module
+
+    engine = gateway.server.engine
+    # Given items stamped just before a full build of the lexical index (as right after an
+    # import), more of them than an overlay takes
+    monkeypatch.setattr(engine_module, "OVERLAY_MAX", 10)
+    with psycopg.connect(catalog.url) as conn:
+        recent = [r[0] for r in conn.execute(
+            "UPDATE items SET updated_at = now() WHERE id IN (SELECT id FROM items ORDER BY id LIMIT 50) RETURNING id"
+        )]
+    built = gateway_loop.run(engine._load_lexicon())
+    assert set(recent) <= built.stamps.keys()
+
+    # When the index looks for changes and none came since
+    polled = gateway_loop.run(engine._poll_lexicon(built))
+    # then it keeps its base (no full rebuild) and reads no document again
+    assert polled.loaded_at == built.loaded_at
+    assert polled.changed == {}
+
+    # and when three of those items change, exactly those three are read into the overlay
+    with psycopg.connect(catalog.url) as conn:
+        conn.execute("UPDATE items SET updated_at = now() WHERE id = ANY(%s)", (recent[:3],))
+    polled = gateway_loop.run(engine._poll_lexicon(polled))
+    assert polled.loaded_at == built.loaded_at
+    assert sorted(polled.changed) == sorted(recent[:3])

@@ -257,6 +257,28 @@ def test_loading_the_same_files_twice_changes_nothing(fresh_database_url, tmp_pa
     assert snapshot(fresh_database_url) == before
 
 
+def test_a_load_leaves_fresh_planner_statistics_for_what_it_changed(fresh_database_url, tmp_path):
+    # Given a fresh database (its tables never analysed) and items and events to load
+    write(tmp_path / "items.csv", ITEMS_CSV)
+    write(tmp_path / "events.csv", EVENTS_CSV)
+
+    # When they are loaded
+    load("items", tmp_path / "items.csv", fresh_database_url)
+    load("events", tmp_path / "events.csv", fresh_database_url)
+
+    # Then the planner knows each changed table's size (never analysed: -1), at once rather
+    # than after autovacuum gets round to it
+    sizes = dict(query(
+        fresh_database_url,
+        "SELECT relname, reltuples FROM pg_class WHERE relname IN ('items', 'events', 'users', 'reviews')",
+    ))
+    assert sizes["items"] == len(query(fresh_database_url, "SELECT 1 FROM items"))
+    assert sizes["events"] == len(query(fresh_database_url, "SELECT 1 FROM events")) > 0
+    assert sizes["users"] == len(query(fresh_database_url, "SELECT 1 FROM users")) > 0
+    # and a table the loads did not touch is left to autovacuum
+    assert sizes["reviews"] == -1
+
+
 def test_a_changed_item_gets_a_new_hash_and_updated_at(fresh_database_url, tmp_path):
     # Given three items loaded
     path = tmp_path / "items.csv"

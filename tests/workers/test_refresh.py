@@ -73,7 +73,7 @@ def test_two_workers_never_embed_an_item_twice(workers, worker_env, triton_url, 
     # when the job is triggered several times at once (and each dispatch is duplicated)
     for _ in range(3):
         trigger(worker_env, "embeddings")
-    wait_for_run(url, "embeddings", timeout=240)
+    wait_for_run(url, "embeddings", timeout=240, retick=worker_env)
     # then Postgres saw exactly one insert per item and no update: nobody wrote an item twice
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT pg_stat_force_next_flush()")
@@ -115,6 +115,52 @@ def test_incremental_refresh_touches_only_changed_items(fresh_database_url, trit
     assert (second.total, second.done) == (10, 10)
     assert second.id != first.id
     assert_every_item_embedded_once_and_correctly(fresh_database_url, triton_url, sample=50)
+
+
+def test_a_tick_tops_the_queued_batches_up_to_the_cap(fresh_database_url, triton_url, tmp_path):
+    from workers import dispatch, resources
+    from workers.jobs import BATCH_JOBS
+
+    # given 1,000 products, batches of 100 and at most 3 batches of a job queued
+    load_homedepot(fresh_database_url, tmp_path, 1000)
+    settings = load_settings(database_url=fresh_database_url, triton_url=triton_url, embedding_batch=100,
+                             queued_batches_per_job=3)
+    resources.reset()
+    deps = resources.deps(need_triton=True, settings=settings)
+    job = BATCH_JOBS["embeddings"]
+    queue: list[tuple[int, int]] = []
+
+    def enqueue(name, first, last):
+        queue.append((first, last))
+
+    try:
+        # when beat ticks twice before any batch is done
+        dispatch.tick(deps, job, enqueue)
+        dispatch.tick(deps, job, enqueue)
+        # then only the cap is queued: the second tick found no room
+        assert len(queue) == 3
+        # and once a batch is done, the next tick queues one more, after the ones queued
+        first, last = queue.pop(0)
+        assert dispatch.process(deps, job, first, last) == 100
+        dispatch.tick(deps, job, enqueue)
+        assert len(queue) == 3 and queue[-1][0] > queue[-2][1]
+        # and working the queue as a worker would, ticking between batches, embeds every item
+        # with each range queued exactly once
+        handed_out = [(first, last), *queue]
+        while queue:
+            first, last = queue.pop(0)
+            dispatch.process(deps, job, first, last)
+            before = len(queue)
+            dispatch.tick(deps, job, enqueue)
+            handed_out += queue[before:]
+    finally:
+        resources.reset()
+    assert len(handed_out) == len(set(handed_out)) == 10
+    with psycopg.connect(fresh_database_url) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT item_id) FROM item_embeddings").fetchone() == (1000, 1000)
+        assert conn.execute(
+            "SELECT done, finished_at IS NOT NULL FROM job_runs WHERE job = 'embeddings'"
+        ).fetchone() == (1000, True)
 
 
 @pytest.mark.parametrize("job", ["embeddings"])

@@ -57,12 +57,14 @@ class Range:
     rows: int
 
 
-def plan(job: BatchJob, conn: psycopg.Connection, batch: int, after: int = 0) -> list[Range]:
-    """Split the backlog with keys above ``after`` into id ranges of at most ``batch`` rows."""
+def plan(job: BatchJob, conn: psycopg.Connection, batch: int, after: int = 0, limit: int | None = None) -> list[Range]:
+    """Split the backlog with keys above ``after`` into id ranges of at most ``batch`` rows
+    (the first ``limit`` of them)."""
     ranges = []
-    while True:
+    while limit is None or len(ranges) < limit:
         ids = job.pending_ids(conn, after, batch)
         if not ids:
             return ranges
         ranges.append(Range(ids[0], ids[-1], len(ids)))
         after = ids[-1]
+    return ranges
