@@ -59,11 +59,11 @@ class Settings(BaseSettings):
     embedding_batch: int = Field(256, gt=0, le=4096)
     # Seconds between beat ticks of the Triton-bound jobs and of the Postgres-only ones.
     tick_interval_s: float = Field(10.0, gt=0)
-    # Batches of one job queued at a time; each tick tops them up. The Triton jobs share one
-    # queue: when a tick queued a job's whole backlog, the 231 enrichment batches of the 59k-item
-    # catalog (10 s each) stood in front of every embedding batch for 20 minutes (bench/soak.py).
-    # 8 keeps two worker processes busy for a 10 s tick (a batch takes 4-12 s); raise it with
-    # the number of worker processes.
+    # Batches of one job queued at a time; each finished batch tops its job up again. The Triton
+    # jobs share one queue: when a tick queued a job's whole backlog, the 231 enrichment batches
+    # of the 59k-item catalog (10 s each) stood in front of every embedding batch for 20 minutes
+    # (bench/soak.py). 8 keeps each of 2 worker processes (prefetch 1) a batch in hand and
+    # several behind it; raise it with the number of worker processes.
     queued_batches_per_job: int = Field(8, ge=1)
     graph_interval_s: float = Field(300.0, gt=0)
     log_format: Literal["text", "json"] = "text"

@@ -26,10 +26,11 @@ def tick(deps: Deps, job: BatchJob, enqueue: Enqueue) -> TickResult:
     """Open a run when there is work and none is open; finish it when the backlog is empty.
 
     A job has at most ``queued_batches_per_job`` batches queued, so jobs sharing a queue take
-    turns. While a run is open, each tick hands out work nobody holds: keys above what was
-    dispatched (new items), everything pending once all dispatched rows are done (changed
-    items), and everything pending when the run made no progress for a while (tasks lost with
-    a dead worker; running a range twice is harmless)."""
+    turns; every finished batch tops its job's queue up again (`top_up`), so the tick only
+    starts rounds and recovers stalls. While a run is open, each tick hands out work nobody
+    holds: keys above what was dispatched (new items), everything pending once all dispatched
+    rows are done (changed items), and everything pending when the run made no progress for a
+    while (tasks lost with a dead worker; running a range twice is harmless)."""
     conn = deps.conn
     ranges: list = []
     with conn.transaction():
@@ -49,17 +50,7 @@ def tick(deps: Deps, job: BatchJob, enqueue: Enqueue) -> TickResult:
             signs = [t for t in (run.dispatched_at, run.progressed_at) if t is not None]
             stalled = bool(signs) and _seconds_since(conn, max(signs)) > deps.settings.redispatch_after_s
             new_round = started or stalled or run.done >= run.dispatched_rows
-            batch = job.batch_size(deps.settings)
-            # Top the job's queued batches up to the cap (rows dispatched but not yet counted
-            # done, in whole batches: a batch whose rows were taken by another task never counts
-            # its full size, and must not hold a slot for ever).
-            queued = 0 if new_round else (run.dispatched_rows - run.done) // batch
-            room = max(0, deps.settings.queued_batches_per_job - queued)
-            if room:
-                after = 0 if new_round else run.dispatched_max_id
-                ranges = plan(job, conn, batch, after=after, limit=room)
-            if ranges:
-                runs.mark_dispatched(conn, run.id, ranges[-1].last, sum(r.rows for r in ranges), new_round)
+            ranges = _refill(deps, job, run, new_round)
     if backlog.pending == 0:
         if run is not None:
             _after_run(deps, job)
@@ -70,16 +61,53 @@ def tick(deps: Deps, job: BatchJob, enqueue: Enqueue) -> TickResult:
     return TickResult(run, started, len(ranges))
 
 
+def top_up(deps: Deps, job: BatchJob, enqueue: Enqueue) -> int:
+    """After a batch: queue the open run's next ranges, up to the cap, without counting the
+    backlog (the tick does that, once per round). Returns the batches queued."""
+    conn = deps.conn
+    with conn.transaction():
+        runs.lock(conn, job.name)
+        run = runs.open_run(conn, job.name)
+        # A drained round (changed items behind the dispatched keys) waits for the tick, which
+        # re-reads the whole backlog.
+        if run is None or run.done >= run.dispatched_rows:
+            return 0
+        ranges = _refill(deps, job, run, new_round=False)
+    for r in ranges:
+        enqueue(job.name, r.first, r.last)
+    return len(ranges)
+
+
+def _refill(deps: Deps, job: BatchJob, run: runs.Run, new_round: bool) -> list:
+    """Plan and record the ranges that top the run's queued batches up to the cap (inside the
+    caller's transaction, under the job's lock)."""
+    conn = deps.conn
+    batch = job.batch_size(deps.settings)
+    # Rows dispatched but not yet counted done, in whole batches: a batch whose rows were taken
+    # by another task never counts its full size, and must not hold a slot for ever.
+    queued = 0 if new_round else (run.dispatched_rows - run.done) // batch
+    room = max(0, deps.settings.queued_batches_per_job - queued)
+    if not room:
+        return []
+    ranges = plan(job, conn, batch, after=0 if new_round else run.dispatched_max_id, limit=room)
+    if ranges:
+        runs.mark_dispatched(conn, run.id, ranges[-1].last, sum(r.rows for r in ranges), new_round)
+    return ranges
+
+
 def _seconds_since(conn, when: datetime) -> float:
     now = conn.execute("SELECT now()").fetchone()[0]
     return (now - when).total_seconds()
 
 
-def process(deps: Deps, job: BatchJob, first: int, last: int) -> int:
-    """One task: process a range, then close the run if that was the last of its work."""
+def process(deps: Deps, job: BatchJob, first: int, last: int, enqueue: Enqueue | None = None) -> int:
+    """One task: process a range, close the run if that was the last of its work, and else
+    (given ``enqueue``) queue the run's next ranges."""
     done = job.process(deps, first, last)
     if done:
         _finish_if_drained(deps, job)
+    if enqueue is not None:
+        top_up(deps, job, enqueue)
     return done
 
 

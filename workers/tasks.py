@@ -40,7 +40,7 @@ def tick(job: str) -> dict:
 @app.task(name="aisle.process", acks_late=True, **RETRY)
 def process(job: str, first: int, last: int) -> int:
     spec = BATCH_JOBS[job]
-    return dispatch.process(resources.deps(need_triton=spec.queue == "triton"), spec, first, last)
+    return dispatch.process(resources.deps(need_triton=spec.queue == "triton"), spec, first, last, _enqueue)
 
 
 @app.task(name="aisle.rebuild_graph", acks_late=True, **RETRY)

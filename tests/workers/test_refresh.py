@@ -117,7 +117,7 @@ def test_incremental_refresh_touches_only_changed_items(fresh_database_url, trit
     assert_every_item_embedded_once_and_correctly(fresh_database_url, triton_url, sample=50)
 
 
-def test_a_tick_tops_the_queued_batches_up_to_the_cap(fresh_database_url, triton_url, tmp_path):
+def test_ticks_and_finished_batches_top_the_queue_up_to_the_cap(fresh_database_url, triton_url, tmp_path):
     from workers import dispatch, resources
     from workers.jobs import BATCH_JOBS
 
@@ -139,19 +139,17 @@ def test_a_tick_tops_the_queued_batches_up_to_the_cap(fresh_database_url, triton
         dispatch.tick(deps, job, enqueue)
         # then only the cap is queued: the second tick found no room
         assert len(queue) == 3
-        # and once a batch is done, the next tick queues one more, after the ones queued
+        # and once a batch is done, its task queues one more itself, after the ones queued
         first, last = queue.pop(0)
-        assert dispatch.process(deps, job, first, last) == 100
-        dispatch.tick(deps, job, enqueue)
+        assert dispatch.process(deps, job, first, last, enqueue) == 100
         assert len(queue) == 3 and queue[-1][0] > queue[-2][1]
-        # and working the queue as a worker would, ticking between batches, embeds every item
+        # and working the queue as a worker would, with no further tick, embeds every item
         # with each range queued exactly once
         handed_out = [(first, last), *queue]
         while queue:
             first, last = queue.pop(0)
-            dispatch.process(deps, job, first, last)
             before = len(queue)
-            dispatch.tick(deps, job, enqueue)
+            dispatch.process(deps, job, first, last, enqueue)
             handed_out += queue[before:]
     finally:
         resources.reset()
