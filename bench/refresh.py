@@ -133,9 +133,9 @@ def main(
             # The baseline again, right after: on this shared 2-core VM it measured 541 titles/s one
             # day and 425, then 319, in two runs 15 minutes apart the next, so the ratio is taken
             # against the mean of the measurements on either side of the refresh; both are printed.
-            after = bench_onnxruntime(titles, artifacts.onnx("encoder"), batch=64, sort=True)
-            result["onnxruntime_in_process_after"] = after
-            baseline = (result["onnxruntime_in_process"]["titles_per_s"] + after["titles_per_s"]) / 2
+            ort_after = bench_onnxruntime(titles, artifacts.onnx("encoder"), batch=64, sort=True)
+            result["onnxruntime_in_process_after"] = ort_after
+            baseline = (result["onnxruntime_in_process"]["titles_per_s"] + ort_after["titles_per_s"]) / 2
             result["onnxruntime_titles_per_s_mean"] = baseline
             result["ratio_vs_onnxruntime"] = full["items_per_s"] / baseline
 
