@@ -28,7 +28,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from core.db import configure_async
-from core.embeddings import EmbeddingModel
+from core.embeddings import EmbeddingModel, index_name
 from core.features import (
     FEATURE_NAMES,
     LexiconStats,
@@ -217,7 +217,8 @@ class Engine:
         self.pool = pool
         self.triton = triton
         self.cache = QueryCache()
-        self._model: tuple[float, EmbeddingModel] | None = None
+        # (read at, active model, whether its HNSW index exists)
+        self._model: tuple[float, EmbeddingModel, bool] | None = None
         self._lexicon: Lexicon | None = None
         self._query_models: dict[str, tuple[float, str]] = {}
         self._lexicon_load: asyncio.Task | None = None
@@ -268,18 +269,37 @@ class Engine:
             raise Unavailable(f"database unavailable: {exc or 'no connection in time'}") from None
 
     async def active_model(self) -> EmbeddingModel:
+        return (await self._active())[0]
+
+    async def _active(self) -> tuple[EmbeddingModel, bool]:
+        """The active embedding model and whether its HNSW index exists (re-read every MODEL_TTL_S)."""
         now = time.monotonic()
         if self._model and now - self._model[0] < MODEL_TTL_S:
-            return self._model[1]
+            return self._model[1], self._model[2]
         async with self.connection() as conn:
             row = await (await conn.execute(
                 "SELECT version, triton_model, dim, status FROM embedding_models WHERE status = 'active'"
             )).fetchone()
-        if row is None:
-            raise Unavailable("no active embedding model: run `aisle db migrate`")
-        model = EmbeddingModel(*row)
-        self._model = (now, model)
-        return model
+            if row is None:
+                raise Unavailable("no active embedding model: run `aisle db migrate`")
+            model = EmbeddingModel(*row)
+            indexed = await (await conn.execute(
+                "SELECT 1 FROM pg_indexes WHERE indexname = %s", (index_name(model.version),)
+            )).fetchone() is not None
+        self._model = (now, model, indexed)
+        return model, indexed
+
+    async def _nearest_searchable(self, filters: Filters, reasons: list[str]) -> bool:
+        """Whether a nearest-neighbour query over the whole catalog can run now. Until the active
+        version's HNSW index exists (the first refresh of a new catalog builds it at its end) each
+        one is an exact scan: 250-450 ms at 10k rows under bench/soak.py's traffic, growing with
+        the table, until every call missed its deadline. So it waits for the index and the
+        answer says why; a filtered query scans only its matching rows exactly, as always."""
+        model, indexed = await self._active()
+        if indexed or not filters.empty():
+            return True
+        reasons.append(f"nearest-neighbour retrieval waits for the {model.version} index (built after its first refresh)")
+        return False
 
     async def lexicon(self) -> Lexicon:
         """The lexical index, its statistics and the spelling corrector: rebuilt from Postgres
@@ -443,8 +463,10 @@ class Engine:
         """The retrievers' lists; lexical retrieval is required, the others are left out (with
         a reason) when they are not done by ``optional_until``."""
 
+        nearest = qvec is not None and await self._nearest_searchable(q.filters, reasons)
+
         async def dense():
-            if qvec is None:
+            if not nearest:
                 return []
             async with self.connection() as conn:
                 return await retrieval.dense(conn, model, qvec, DENSE_CANDIDATES, q.filters)
@@ -675,7 +697,7 @@ class Engine:
     async def _recommend_candidates(self, model, user: UserState, anchors, exclude, filters, optional_until: float, reasons: list[str]):
         """Recommend's sources; each is left out (with a reason) when not done by ``optional_until``."""
         async def by_vector(vector):
-            if vector is None:
+            if vector is None or not nearest:
                 return []
             async with self.connection() as conn:
                 return await retrieval.dense(conn, model, vector, RECOMMEND_DENSE, filters, exclude=list(exclude)[:1000])
@@ -685,6 +707,7 @@ class Engine:
         anchor_vecs = anchor_facts.embeddings[np.linalg.norm(anchor_facts.embeddings, axis=1) > 0]
         profile_vec = user.profile.unit() if user.profile is not None and user.profile.weight > 0 else None
         last_vec = anchor_vecs[0] if len(anchor_vecs) else None
+        nearest = (profile_vec is not None or last_vec is not None) and await self._nearest_searchable(filters, reasons)
 
         async def cooc():
             async with self.connection() as conn:

@@ -176,3 +176,52 @@ def test_search_ends_at_its_deadline_when_a_needed_query_stalls(client, catalog)
 
 def assert_no_waiters(conn) -> None:
     assert lock_waiters(conn) == 0
+
+
+def test_nearest_neighbour_retrieval_waits_for_the_index_of_a_new_catalog(gateway_loop, postgres_server, triton_url, tmp_path):
+    from core import embeddings
+    from tests.gateway.conftest import _refresh, create_database
+    from tests.workers.conftest import load_homedepot
+
+    # Given a new catalog, embedded, whose active version has no HNSW index yet (a first refresh
+    # builds it only at its end; until then every nearest-neighbour query scans the whole table)
+    url = create_database(postgres_server, unique("aisle_noindex").replace("-", "_"))
+    load_homedepot(url, tmp_path, 300)
+    _refresh(url, triton_url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        model = embeddings.active(conn)
+        conn.execute(f'DROP INDEX "{embeddings.index_name(model.version)}"')
+        drill = conn.execute("SELECT external_id FROM items WHERE title ILIKE '%%drill%%' LIMIT 1").fetchone()[0]
+    gw = start_gateway(gateway_loop, gateway_settings_for(url, triton_url))
+    try:
+        with gw.client(timeout_s=10) as client:
+            # When a search and a similar-items call arrive
+            response = client.search("cordless drill", page_size=5, explain=True)
+            similar = client.similar_items(drill, k=5, explain=True)
+
+            # then both answer without the scan, from the other retrievers, and say why
+            for answer in (response, similar):
+                assert answer.degraded
+                assert f"nearest-neighbour retrieval waits for the {model.version} index" in answer.degraded_reason
+            assert response.items
+            assert all({r.name for r in i.explanation.retrievers} <= {"lexical", "graph"} for i in response.items)
+            assert all(not {"profile", "last_item"} & {r.name for r in i.explanation.retrievers} for i in similar.items)
+
+            # and once the index is built, the same gateway answers in full again without a restart
+            with psycopg.connect(url, autocommit=True) as conn:
+                assert embeddings.ensure_index(conn, model)
+
+            def whole():
+                again = client.search("cordless drill", page_size=5, explain=True)
+                assert "nearest-neighbour" not in again.degraded_reason
+                assert any(r.name == "dense" for i in again.items for r in i.explanation.retrievers)
+
+            eventually(whole, timeout=15.0)
+    finally:
+        gw.stop()
+
+
+def gateway_settings_for(url: str, triton_url: str):
+    from core.settings import load_settings
+
+    return load_settings(database_url=url, triton_url=triton_url, api_keys=())
