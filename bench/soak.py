@@ -6,8 +6,9 @@ a profile refresh run, watching for failures, latency drift, memory growth and l
 The stack is `aisle up`'s (Postgres, Redis, Triton on model_repository/, worker, beat, gateway)
 in a run folder of its own, stopped at the end. It serves the Home Depot catalog (all 54,667
 products, or the first ``--items``) and the Scientific items with their purchase histories (the
-users Recommend asks for), loaded but not embedded: the first tick of the refresh jobs starts
-with the traffic, so the refreshes run under it, as after a catalog import in production.
+users Recommend asks for), loaded but not embedded: the embedding and profile refreshes and a
+knowledge-graph rebuild start with the traffic, so they run under it, as after a catalog import
+in production (`aisle refresh all --celery`).
 
 Traffic is open-loop at ``--qps`` (default: 70% of the highest Search QPS in the latest
 bench/results/gateway-*.json): Search 70% (WANDS and Home Depot queries), Recommend 20% (users
@@ -349,6 +350,11 @@ def main(
             app = create_app(filled)
             app.send_task("aisle.tick", args=("embeddings",), queue="triton")
             app.send_task("aisle.tick", args=("profiles",), queue="db")
+            # ... and the knowledge graph, as `aisle refresh all` does after an import. Left to
+            # beat's first 5-minute tick, the graph appeared mid-run and every later search
+            # did more work (graph candidates; the gateway's CPU doubled from minute 6), which
+            # the first-to-last-minute drift then measured as degradation (+25 % in one run).
+            app.send_task("aisle.rebuild_graph", args=(True,), queue="db")
             pids = {name: state[name].pid for name in MEASURED_PROCESSES if name in state}
             traffic = Traffic(state["gateway"].address, qps, deadline, read_queries(), users, item_ids, run_id)
 
