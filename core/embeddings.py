@@ -104,8 +104,9 @@ def ensure_index(conn: psycopg.Connection, model: EmbeddingModel) -> bool:
 
     Built after a full refresh rather than maintained row by row during it: on 2 cores,
     54,667 384-d vectors inserted in batches of 256 took 1.0 s plus an 8.2 s bulk build, against
-    92 s (365 ms per batch) into a live index (pgvector 0.6, clustered synthetic vectors). Until
-    it exists the gateway leaves unfiltered nearest-neighbour retrieval out, degraded.
+    92 s (365 ms per batch) into a live index (pgvector 0.6, clustered synthetic vectors;
+    `python bench/hnsw.py`: 8.9 s against 89 s in its latest run). Until it exists the gateway
+    leaves unfiltered nearest-neighbour retrieval out, degraded.
     """
     name = index_name(model.version)
     if conn.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s", (name,)).fetchone():
