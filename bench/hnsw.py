@@ -14,6 +14,7 @@ out until the bulk-built index exists (docs/api.md, ``degraded``).
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
@@ -92,8 +93,6 @@ def main(
               "bulk_build_after": bulk, "live_index": live, "live_over_bulk": round(live["total_s"] / bulk["total_s"], 1)}
     path = write_result("hnsw", result)
     if as_json:
-        import json
-
         print(json.dumps(result))
         return
     print(f"{rows} x {DIM}-d vectors in batches of {batch}, pgvector {version}")

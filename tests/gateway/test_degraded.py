@@ -180,6 +180,7 @@ def assert_no_waiters(conn) -> None:
 
 def test_nearest_neighbour_retrieval_waits_for_the_index_of_a_new_catalog(gateway_loop, postgres_server, triton_url, tmp_path):
     from core import embeddings
+    from core.settings import load_settings
     from tests.gateway.conftest import _refresh, create_database
     from tests.workers.conftest import load_homedepot
 
@@ -192,7 +193,7 @@ def test_nearest_neighbour_retrieval_waits_for_the_index_of_a_new_catalog(gatewa
         model = embeddings.active(conn)
         conn.execute(f'DROP INDEX "{embeddings.index_name(model.version)}"')
         drill = conn.execute("SELECT external_id FROM items WHERE title ILIKE '%%drill%%' LIMIT 1").fetchone()[0]
-    gw = start_gateway(gateway_loop, gateway_settings_for(url, triton_url))
+    gw = start_gateway(gateway_loop, load_settings(database_url=url, triton_url=triton_url, api_keys=()))
     try:
         with gw.client(timeout_s=10) as client:
             # When a search and a similar-items call arrive
@@ -219,9 +220,3 @@ def test_nearest_neighbour_retrieval_waits_for_the_index_of_a_new_catalog(gatewa
             eventually(whole, timeout=15.0)
     finally:
         gw.stop()
-
-
-def gateway_settings_for(url: str, triton_url: str):
-    from core.settings import load_settings
-
-    return load_settings(database_url=url, triton_url=triton_url, api_keys=())
