@@ -41,6 +41,12 @@ ENCODER_MAX_BATCH = 256
 # Rows per onnxruntime call after sorting a batch by length: on 2 cores, length-sorted batches
 # of 64 ran 430 titles/s against 318 (16), 404 (32) and 351 (128) (/tmp speed probe, see bench/encoder.py).
 ENCODER_BUCKET_ROWS = 64
+# Per-call overhead of one onnxruntime run, in padded tokens, for cutting a sorted batch into
+# buckets (export/backends/onnx_runner.length_buckets). Cutting at length jumps instead of every
+# 64 rows took embed_text from 245/241 to 366/349 titles/s (c=8 x 32; onnxruntime in-process
+# 379/368 in the same runs). Costs of 0, 20, 50 and 150 differed by less than run-to-run noise
+# (283-393 titles/s), so a middle value.
+ENCODER_CALL_COST_TOKENS = 50
 TOP_K_LABELS = 5
 
 
@@ -132,7 +138,11 @@ def encoder(
         ),
         outputs=outputs,
         max_batch_size=ENCODER_MAX_BATCH,
-        parameters={"bucket_rows": str(ENCODER_BUCKET_ROWS), "length_input": "attention_mask"},
+        parameters={
+            "bucket_rows": str(ENCODER_BUCKET_ROWS),
+            "bucket_call_cost_tokens": str(ENCODER_CALL_COST_TOKENS),
+            "length_input": "attention_mask",
+        },
         queue_delay_us=queue_delay_us,
         gpu=True,
     )
