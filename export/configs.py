@@ -49,6 +49,7 @@ def model_config(spec: ModelSpec, target: Target, tensorrt: bool = False) -> pb.
     )
     if spec.queue_delay_us is not None:
         cfg.dynamic_batching.max_queue_delay_microseconds = spec.queue_delay_us
+    if spec.queue_delay_us is not None and spec.expire_queued:
         # A client that gave up does not cancel its queued request: under overload Triton went on
         # computing abandoned batches while every new request timed out behind them (bench/soak.py:
         # no embedding written in 10 minutes). Requests carry their client's timeout (core/triton.py)

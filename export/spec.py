@@ -79,6 +79,13 @@ class ModelSpec:
     parameters: dict[str, str] = field(default_factory=dict)
     # Dynamic batching queue delay in microseconds; None disables dynamic batching.
     queue_delay_us: int | None = None
+    # Reject a queued request once its client's timeout has passed (a REJECT queue policy): bulk
+    # models need it, or abandoned refresh batches starve live ones (export/configs.py). Models on
+    # the gateway's per-call path go without: in tritonserver 2.51 a model with any queue policy
+    # left 48-89 of 2,000 sequential single-row calls waiting ~510 ms (the batcher thread's
+    # default sleep; a missed wake-up), none without one (/tmp probe, encoder model, c=1), and
+    # an abandoned query or ranker call costs only milliseconds.
+    expire_queued: bool = True
     instances: int = 1
     steps: tuple[Step, ...] = ()
     version: int = 1
@@ -125,6 +132,7 @@ def encoder(
     # 2 ms: long enough for concurrent requests to meet in one batch, short next to a
     # 32-title request's ~80 ms encode (see bench/encoder.py for the measured choice).
     queue_delay_us: int = 2000,
+    expire_queued: bool = True,
 ) -> ModelSpec:
     """A transformer graph over token ids: the shared encoder and the adapted classifier encoders."""
     ragged = target == "portable"
@@ -144,6 +152,7 @@ def encoder(
             "length_input": "attention_mask",
         },
         queue_delay_us=queue_delay_us,
+        expire_queued=expire_queued,
         gpu=True,
     )
 
@@ -188,7 +197,7 @@ def repository(target: Target, include: frozenset[str] | None = None) -> list[Mo
         tokenizer("tokenizer", TEXT_MAX_TOKENS, target),
         encoder("encoder", "encoder", target),
         # The same graph on an instance of its own for search queries (core/model_interfaces.py).
-        encoder("query_encoder", "encoder", target, queue_delay_us=0),
+        encoder("query_encoder", "encoder", target, queue_delay_us=0, expire_queued=False),
     ]
     for name, encoder_name in ((EMBED_TEXT.model, "encoder"), (query_model(EMBED_TEXT.model), "query_encoder")):
         models.append(
@@ -286,5 +295,6 @@ def _ranker() -> ModelSpec:
         outputs=(Tensor("score", "FP32", (1,)),),
         max_batch_size=1024,
         queue_delay_us=0,
+        expire_queued=False,
         gpu=False,
     )

@@ -98,3 +98,19 @@ def test_queries_have_an_encoder_instance_of_their_own():
     assert specs["query_encoder"].source == specs["encoder"].source == "encoder"
     # and a query is not held back waiting for others to batch with
     assert specs["query_encoder"].queue_delay_us == 0
+
+
+def test_only_bulk_models_reject_requests_that_outwaited_their_timeout():
+    from core.model_interfaces import RANK
+
+    # given the portable repository
+    configs = {s.name: model_config(s, "portable") for s in repository("portable") if s.kind != "ensemble"}
+    # then the gateway's per-call models carry no queue policy (in tritonserver 2.51 any policy
+    # made ~2 % of lone calls wait ~510 ms for the batcher thread)
+    for name in ("query_encoder", RANK.model):
+        assert not configs[name].dynamic_batching.HasField("default_queue_policy"), name
+    # and the models refresh batches reach reject requests whose client gave up
+    for name in ("tokenizer", "encoder"):
+        policy = configs[name].dynamic_batching.default_queue_policy
+        assert policy.timeout_action == pb.ModelQueuePolicy.REJECT, name
+        assert policy.allow_timeout_override and policy.default_timeout_microseconds > 0, name
