@@ -38,8 +38,10 @@ _UNAVAILABLE = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "Statu
 # in-flight inferences under load (triton-inference-server/server#7368; seen here with 16
 # concurrent Recommend calls on 1 s deadlines, bench/gateway.py). So the gateway never cancels
 # a call: it stops waiting when its budget is spent and lets the call end in the background,
-# while the server-side timeout (the REJECT queue policy) drops requests that waited too long
-# in Triton's queue. An abandoned call is cut by the client only this long after its budget.
+# while the server-side timeout (the REJECT queue policy of the bulk models) drops requests that
+# waited too long in Triton's queue; the per-call models go without one (export/spec.py,
+# ModelSpec.expire_queued) and finish an abandoned call in milliseconds. An abandoned call is
+# cut by the client only this long after its budget.
 ABANDONED_CALL_S = 5.0
 # Below this budget a call is not sent at all: no model answers that fast here (query
 # embedding ~8 ms at c=1), so it would only add a request Triton must queue and reject.
