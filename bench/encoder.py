@@ -146,6 +146,9 @@ def main(
     def mean_rate(key: str) -> float:
         return (result[key]["titles_per_s"] + result[f"{key}_after"]["titles_per_s"]) / 2
 
+    def before_after(key: str) -> str:
+        return f"{result[key]['titles_per_s']:.1f} before, {result[key + '_after']['titles_per_s']:.1f} after"
+
     best = max(result["ensemble"], key=lambda r: r["titles_per_s"])
     st = mean_rate("sentence_transformers")
     ort_best = max(mean_rate("onnxruntime_sorted"), result["onnxruntime_batch32"]["titles_per_s"])
@@ -158,9 +161,6 @@ def main(
         print(json.dumps(result))
         return
     print(f"{len(titles)} real Home Depot titles, {result['machine']['cpus']} CPUs")
-    def before_after(key: str) -> str:
-        return f"{result[key]['titles_per_s']:.1f} before, {result[key + '_after']['titles_per_s']:.1f} after"
-
     print(f"(a) sentence-transformers in-process      {st:8.1f} titles/s ({before_after('sentence_transformers')})")
     print(f"(b) onnxruntime in-process, sorted/64      {mean_rate('onnxruntime_sorted'):8.1f} titles/s ({before_after('onnxruntime_sorted')})")
     print(f"    onnxruntime in-process, input order/32 {result['onnxruntime_batch32']['titles_per_s']:8.1f} titles/s")

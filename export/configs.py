@@ -49,15 +49,15 @@ def model_config(spec: ModelSpec, target: Target, tensorrt: bool = False) -> pb.
     )
     if spec.queue_delay_us is not None:
         cfg.dynamic_batching.max_queue_delay_microseconds = spec.queue_delay_us
-    if spec.queue_delay_us is not None and spec.expire_queued:
-        # A client that gave up does not cancel its queued request: under overload Triton went on
-        # computing abandoned batches while every new request timed out behind them (bench/soak.py:
-        # no embedding written in 10 minutes). Requests carry their client's timeout (core/triton.py)
-        # and are rejected, not run, once it has passed in the queue.
-        policy = cfg.dynamic_batching.default_queue_policy
-        policy.timeout_action = pb.ModelQueuePolicy.REJECT
-        policy.default_timeout_microseconds = QUEUE_TIMEOUT_US
-        policy.allow_timeout_override = True
+        if spec.expire_queued:
+            # A client that gave up does not cancel its queued request: under overload Triton
+            # went on computing abandoned batches while every new request timed out behind them
+            # (bench/soak.py: no embedding written in 10 minutes). Requests carry their client's
+            # timeout (core/triton.py) and are rejected, not run, once it has passed in the queue.
+            policy = cfg.dynamic_batching.default_queue_policy
+            policy.timeout_action = pb.ModelQueuePolicy.REJECT
+            policy.default_timeout_microseconds = QUEUE_TIMEOUT_US
+            policy.allow_timeout_override = True
     for key, value in spec.parameters.items():
         cfg.parameters[key].string_value = value
     if native and tensorrt:
