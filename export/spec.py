@@ -47,6 +47,13 @@ ENCODER_BUCKET_ROWS = 64
 # 379/368 in the same runs). Costs of 0, 20, 50 and 150 differed by less than run-to-run noise
 # (283-393 titles/s), so a middle value.
 ENCODER_CALL_COST_TOKENS = 50
+# onnxruntime session settings of the gateway's per-call models (query_encoder, ranker) in the
+# portable target. By default idle intra-op threads spin after every run; per call, in-process,
+# with 5 ms between calls (/tmp probe, 2026-11-29): query encoder (9 tokens) 9.7 ms CPU for
+# 2.4 ms wall, ranker (300 rows) 7.6 ms CPU for 1.4 ms wall; without spinning 4.5 and 2.4 ms CPU;
+# with one thread 3.3 and 2.3 ms CPU. On 2 cores shared with Postgres and the gateway, CPU per
+# call is what bounds Search's throughput (bench/gateway.py).
+PER_CALL_SESSION = {"intra_op_spinning": "0", "intra_op_threads": "1"}
 TOP_K_LABELS = 5
 
 
@@ -133,6 +140,7 @@ def encoder(
     # 32-title request's ~80 ms encode (see bench/encoder.py for the measured choice).
     queue_delay_us: int = 2000,
     expire_queued: bool = True,
+    per_call: bool = False,
 ) -> ModelSpec:
     """A transformer graph over token ids: the shared encoder and the adapted classifier encoders."""
     ragged = target == "portable"
@@ -150,6 +158,7 @@ def encoder(
             "bucket_rows": str(ENCODER_BUCKET_ROWS),
             "bucket_call_cost_tokens": str(ENCODER_CALL_COST_TOKENS),
             "length_input": "attention_mask",
+            **(PER_CALL_SESSION if per_call and target == "portable" else {}),
         },
         queue_delay_us=queue_delay_us,
         expire_queued=expire_queued,
@@ -197,7 +206,7 @@ def repository(target: Target, include: frozenset[str] | None = None) -> list[Mo
         tokenizer("tokenizer", TEXT_MAX_TOKENS, target),
         encoder("encoder", "encoder", target),
         # The same graph on an instance of its own for search queries (core/model_interfaces.py).
-        encoder("query_encoder", "encoder", target, queue_delay_us=0, expire_queued=False),
+        encoder("query_encoder", "encoder", target, queue_delay_us=0, expire_queued=False, per_call=True),
     ]
     for name, encoder_name in ((EMBED_TEXT.model, "encoder"), (query_model(EMBED_TEXT.model), "query_encoder")):
         models.append(
@@ -216,7 +225,7 @@ def repository(target: Target, include: frozenset[str] | None = None) -> list[Mo
     if "sentiment" in have:
         models += _sentiment(target)
     if "ranker" in have:
-        models.append(_ranker())
+        models.append(_ranker(target))
     return models
 
 
@@ -284,7 +293,7 @@ def _sentiment(target: Target) -> list[ModelSpec]:
     ]
 
 
-def _ranker() -> ModelSpec:
+def _ranker(target: Target) -> ModelSpec:
     from core.features import FEATURE_NAMES
 
     return ModelSpec(
@@ -294,6 +303,7 @@ def _ranker() -> ModelSpec:
         inputs=(Tensor("features", "FP32", (len(FEATURE_NAMES),)),),
         outputs=(Tensor("score", "FP32", (1,)),),
         max_batch_size=1024,
+        parameters=dict(PER_CALL_SESSION) if target == "portable" else {},
         queue_delay_us=0,
         expire_queued=False,
         gpu=False,

@@ -58,6 +58,10 @@ class TritonPythonModel:
         if threads:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        if params.get("intra_op_spinning") == "0":
+            # Idle intra-op threads otherwise spin after every run: on the gateway's per-call
+            # models that burned ~2/3 of their CPU (export/spec.py PER_CALL_SESSION).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = ["CPUExecutionProvider"]
         if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
