@@ -139,8 +139,8 @@ def lexical_columns(query: list[str], items: list[list[str]], stats: LexiconStat
 
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:[./x][0-9]+)*")
-# Titles whose normalised form is kept (~200 bytes each): the whole 59k-item catalog fits, and
-# candidates repeat across queries.
+# Titles whose normalised form and trigram codes are kept (~500 bytes each): the whole 59k-item
+# catalog fits in ~30 MB, and candidates repeat across queries.
 TITLE_CACHE = 65536
 
 
@@ -154,39 +154,84 @@ def _padded(text: str) -> str:
     return f" {' '.join(_tokens(text))} "
 
 
-def _trigrams_of(padded: str) -> set[str]:
-    return {padded[i : i + 3] for i in range(len(padded) - 2)}
-
-
 @functools.lru_cache(maxsize=TITLE_CACHE)
-def _title_profile(title: str) -> tuple[str, int]:
-    """(padded text, number of distinct trigrams) of a title."""
-    padded = _padded(title)
-    return padded, len(_trigrams_of(padded))
+def _padded_title(title: str) -> str:
+    return _padded(title)
+
+
+# Normalised texts use 39 byte values (space, a-z, 0-9, ".", "/") plus the "\\n" that joins
+# them: a trigram fits in 16 bits as a base-39 number.
+_SYMBOLS = " abcdefghijklmnopqrstuvwxyz0123456789./\n"
+_SYMBOL_INDEX = np.zeros(256, dtype=np.int32)
+_SYMBOL_INDEX[np.frombuffer(_SYMBOLS.encode("ascii"), dtype=np.uint8)] = np.arange(len(_SYMBOLS))
+_NEWLINE = _SYMBOLS.index("\n")
+
+
+def _trigram_keys(joined: str, lengths: list[int]) -> np.ndarray:
+    """Sorted distinct (text, trigram) pairs of texts joined by "\\n", as keys text << 16 | code;
+    no trigram spans a "\\n". int32 keys while they fit: sorting them is half the work here."""
+    sym = _SYMBOL_INDEX[np.frombuffer(joined.encode("ascii"), dtype=np.uint8)]
+    if len(sym) < 3:
+        return np.zeros(0, dtype=np.int32)
+    codes = (sym[:-2] * 39 + sym[1:-1]) * 39 + sym[2:]
+    dtype = np.int32 if len(lengths) < 1 << 15 else np.int64
+    owner = np.repeat(np.arange(len(lengths), dtype=dtype), np.asarray(lengths) + 1)[: len(codes)]
+    newline = sym == _NEWLINE
+    valid = ~(newline[:-2] | newline[1:-1] | newline[2:])
+    return np.unique((owner[valid] << 16) | codes[valid].astype(dtype))
+
+
+def _share_present(patterns: set[str], joined: str, starts: np.ndarray, n: int) -> np.ndarray:
+    """For each of ``n`` texts concatenated in ``joined`` (text k from ``starts[k]``), the share
+    of ``patterns`` that occur in it; str.find visits matches only, not every text."""
+    present = np.zeros(n, dtype=np.float32)
+    for p in patterns:
+        hits, at = [], joined.find(p)
+        while at >= 0:
+            hits.append(at)
+            at = joined.find(p, at + 1)
+        if hits:
+            present[np.unique(np.searchsorted(starts, hits, side="right") - 1)] += 1.0
+    return present / len(patterns)
 
 
 def text_columns(query: str, titles: list[str]) -> dict[str, np.ndarray]:
     """Surface-text matches the stemmed lexemes miss: typos, word order, sizes.
 
-    Membership tests are substring tests on the title's padded text (a trigram, " a b " for an
-    adjacent pair, " 36 " for a number), which equal the set intersections they stand for; per
-    search this is ~10× cheaper than building every candidate's trigram set (500 candidates:
-    30 ms → 3 ms under cProfile)."""
+    Trigram Jaccard: every title's trigrams as integer codes, all titles in one vectorised pass
+    over their joined bytes (nothing per title but the cached normalisation). Adjacent pairs
+    (" a b ") and numbers (" 36 ") are substrings of a title's padded text, found by str.find
+    over all titles joined; both equal the set intersections they stand for. A per-title loop
+    of substring tests took ~1.9 ms of the gateway's ~12 ms of CPU per search (py-spy, Search
+    at c=4). On 200 real queries with 300 real Home Depot titles each, in-process: 1.11 ms per
+    call with the title cache warm and 3.42 ms cold before, 0.70 and 1.25 ms this way.
+    (Caching each title's trigram codes instead ran 0.50 ms warm but ~5 ms cold, and every
+    gateway starts cold.)"""
     n = len(titles)
     tri = np.zeros(n, dtype=np.float32)
     bigram = np.zeros(n, dtype=np.float32)
     numbers = np.zeros(n, dtype=np.float32)
+    if n == 0:
+        return {"trigram_sim": tri, "bigram_match": bigram, "number_match": numbers}
     q_tokens = _tokens(query)
-    q_tri = _trigrams_of(_padded(query))
+    q_padded = _padded(query)
+    padded = [_padded_title(title) for title in titles]
+    # "\n" never occurs in a padded text, so no trigram or pattern spans two titles.
+    joined = "\n".join(padded)
+    keys = _trigram_keys(joined, [len(p) for p in padded])
+    owner, codes = keys >> 16, keys & 0xFFFF
+    t_count = np.bincount(owner, minlength=n)
+    q_codes = _trigram_keys(q_padded, [len(q_padded)])
+    if len(q_codes):
+        shared = np.bincount(owner[np.isin(codes, q_codes)], minlength=n)
+        union = len(q_codes) + t_count - shared
+        np.divide(shared, union, out=tri, where=union > 0, casting="unsafe")
     q_pairs = {f" {a} {b} " for a, b in zip(q_tokens, q_tokens[1:])}
     q_numbers = {f" {t} " for t in q_tokens if any(ch.isdigit() for ch in t)}
-    for i, title in enumerate(titles):
-        padded, t_count = _title_profile(title)
-        shared = sum(1 for g in q_tri if g in padded)
-        union = len(q_tri) + t_count - shared
-        tri[i] = shared / union if union else 0.0
+    if q_pairs or q_numbers:
+        starts = np.cumsum([0] + [len(p) + 1 for p in padded[:-1]])
         if q_pairs:
-            bigram[i] = sum(1 for p in q_pairs if p in padded) / len(q_pairs)
+            bigram = _share_present(q_pairs, joined, starts, n)
         if q_numbers:
-            numbers[i] = sum(1 for t in q_numbers if t in padded) / len(q_numbers)
+            numbers = _share_present(q_numbers, joined, starts, n)
     return {"trigram_sim": tri, "bigram_match": bigram, "number_match": numbers}

@@ -51,7 +51,7 @@ text = st.text(alphabet=st.sampled_from("ab1 2/.xX-é"), max_size=24)
 
 
 @settings(max_examples=300, deadline=None)
-@given(query=text, titles=st.lists(text, max_size=5))
+@given(query=text, titles=st.lists(text, max_size=12))
 def test_equal_to_the_set_definitions(query, titles):
     cols = text_columns(query, titles)
     for k, title in enumerate(titles):
