@@ -65,3 +65,24 @@ def test_unreachable_database_is_a_clear_error():
     with pytest.raises(DatabaseError) as err:
         connect("postgresql://postgres@127.0.0.1:1/none")
     assert "cannot connect to Postgres at postgres@127.0.0.1:1/none" in str(err.value)
+
+
+def test_gateway_connections_plan_each_query_with_its_real_arrays(fresh_database_url):
+    import asyncio
+
+    from core.db import EF_SEARCH, configure_async
+
+    async def settings_after_configure():
+        # given an async connection set up as the gateway's pool sets up each of its connections
+        async with await psycopg.AsyncConnection.connect(fresh_database_url) as conn:
+            await configure_async(conn)
+            # when a query with an array parameter has run past psycopg's prepare threshold
+            for _ in range(6):
+                await conn.execute("SELECT count(*) FROM items WHERE id = ANY(%s)", ([1, 2, 3],))
+            rows = [await (await conn.execute(f"SHOW {name}")).fetchone() for name in ("plan_cache_mode", "hnsw.ef_search")]
+            return [r[0] for r in rows]
+
+    # then Postgres still plans it for its actual arrays (a generic plan cannot see how long
+    # an `= ANY($1)` array is: 3.7 -> 11.8 ms for Recommend's co-occurrence lookup) and HNSW
+    # searches as wide as the largest neighbour list asked for
+    assert asyncio.run(settings_after_configure()) == ["force_custom_plan", str(EF_SEARCH)]

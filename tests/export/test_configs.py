@@ -114,3 +114,22 @@ def test_only_bulk_models_reject_requests_that_outwaited_their_timeout():
         policy = configs[name].dynamic_batching.default_queue_policy
         assert policy.timeout_action == pb.ModelQueuePolicy.REJECT, name
         assert policy.allow_timeout_override and policy.default_timeout_microseconds > 0, name
+
+
+def test_per_call_models_run_one_thread_that_does_not_spin_on_the_portable_target_only():
+    from core.model_interfaces import RANK
+
+    # given both targets' repositories
+    portable = {s.name: model_config(s, "portable") for s in repository("portable") if s.kind != "ensemble"}
+    ngc = {s.name: model_config(s, "ngc") for s in repository("ngc") if s.kind != "ensemble"}
+    # then the gateway's per-call models run onnxruntime on one thread without spinning (idle
+    # spinning took ~2/3 of their CPU on two shared cores)
+    for name in ("query_encoder", RANK.model):
+        params = portable[name].parameters
+        assert params["intra_op_spinning"].string_value == "0", name
+        assert params["intra_op_threads"].string_value == "1", name
+    # while the bulk encoder keeps onnxruntime's defaults, and the native backend's configs
+    # carry none of these Python-runner settings
+    assert "intra_op_spinning" not in portable["encoder"].parameters
+    for name in ("query_encoder", RANK.model):
+        assert "intra_op_spinning" not in ngc[name].parameters, name
