@@ -448,7 +448,14 @@ class Engine:
             async with self.connection() as conn:
                 facts = await retrieval.item_facts(conn, ids, model, q.filters, {"query": qvec, "profile": profile})
             signals = self._signals(True, facts, lists, scores_by, user, graph_paths)
-            signals.columns.update(lexical_columns(lexemes, facts.lexemes, stats))
+            docs = lexicon.index.lexemes_of(facts.ids)
+            missing = [i for i, doc in zip(facts.ids, docs) if doc is None]
+            if missing:
+                # Items added since the index last looked for changes: read them directly.
+                async with self.connection() as conn:
+                    found = {d[0]: list(d[1] or ()) for d in await retrieval.documents_of(conn, missing)}
+                docs = [found.get(i, []) if doc is None else doc for i, doc in zip(facts.ids, docs)]
+            signals.columns.update(lexical_columns(lexemes, docs, stats))
             signals.columns.update(text_columns(q.query, facts.titles))
             brand_match, cat_match = _query_matches(q.query, facts, expansions)
             signals.columns["brand_match"] = brand_match
@@ -651,9 +658,10 @@ class Engine:
         if not anchors and (user.profile is None or user.profile.weight <= 0):
             return pool
         async with timer.stage("retrieve"):
-            lists, anchor_vecs = await self._recommend_candidates(
+            lists, anchor_facts = await self._recommend_candidates(
                 model, user, anchors, pool.exclude, q.filters, budget.until(OPTIONAL_RETRIEVAL_SHARE), pool.reasons
             )
+        anchor_vecs = _embedded(anchor_facts)
         ids = [i for i, _ in reciprocal_rank_fusion(lists) if i not in pool.exclude][:RANKED_POOL]
         if not ids:
             return pool
@@ -668,7 +676,6 @@ class Engine:
                     with_embeddings=True,
                 )
                 cooc = await self._cooccurrence(conn, anchors, facts.ids)
-                anchor_facts = await retrieval.item_facts(conn, anchors, model)
             signals = self._signals(False, facts, lists, {}, user, {})
             signals.columns.update(cooc)
             if "last" in facts.sims:
@@ -704,7 +711,7 @@ class Engine:
 
         async with self.connection() as conn:
             anchor_facts = await retrieval.item_facts(conn, anchors, model, with_embeddings=True)
-        anchor_vecs = anchor_facts.embeddings[np.linalg.norm(anchor_facts.embeddings, axis=1) > 0]
+        anchor_vecs = _embedded(anchor_facts)
         profile_vec = user.profile.unit() if user.profile is not None and user.profile.weight > 0 else None
         last_vec = anchor_vecs[0] if len(anchor_vecs) else None
         nearest = (profile_vec is not None or last_vec is not None) and await self._nearest_searchable(filters, reasons)
@@ -752,7 +759,7 @@ class Engine:
             "cooccurrence": cooc_ids,
             "popular_category": popular_ids,
         }
-        return {k: [i for i in v if i not in exclude] for k, v in lists.items() if v}, anchor_vecs
+        return {k: [i for i in v if i not in exclude] for k, v in lists.items() if v}, anchor_facts
 
     async def _cooccurrence(self, conn, anchors: list[int], ids: list[int]) -> dict[str, np.ndarray]:
         n = len(ids)
@@ -850,6 +857,11 @@ class Engine:
                     "INSERT INTO events (user_id, item_id, type, occurred_at) VALUES (%s, %s, %s, now())",
                     (user[0], row[0], event_type),
                 )
+
+
+def _embedded(facts: retrieval.ItemFacts) -> np.ndarray:
+    """The embeddings of the items that have one, in the facts' order (most recent first)."""
+    return facts.embeddings[np.linalg.norm(facts.embeddings, axis=1) > 0]
 
 
 def _mean_unit(vectors: np.ndarray) -> np.ndarray:

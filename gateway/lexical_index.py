@@ -46,9 +46,14 @@ class BM25Matrix:
         rows: list[np.ndarray] = []
         cols: list[np.ndarray] = []
         tfs: list[np.ndarray] = []
+        # Each document's lexemes stay readable (the ranker's lexical features need them for
+        # every candidate), as lists of one shared string per distinct lexeme (~8 MB for 59k items).
+        canonical: dict[str, str] = {}
+        self._docs: dict[int, list[str]] = {}
         for item_id, lexemes, tf in docs:
             row = len(ids)
             ids.append(item_id)
+            self._docs[item_id] = [canonical.setdefault(t, t) for t in lexemes] if lexemes else []
             if not lexemes:
                 continue
             cols.append(np.fromiter((vocab.setdefault(t, len(vocab)) for t in lexemes), np.int32, len(lexemes)))
@@ -73,6 +78,10 @@ class BM25Matrix:
         norm = BM25_K1 * (1 - BM25_B + BM25_B * lengths / max(corpus.mean_tf_length, 1e-6))
         w = idf[c] * tf * (BM25_K1 + 1) / (tf + norm[r]) if len(c) else np.zeros(0, np.float32)
         self.weights = sp.csc_matrix((w, (r, c)), shape=(n, m), dtype=np.float32)
+
+    def lexemes(self, item_id: int) -> list[str] | None:
+        """The document's lexemes, or None when it is not in this matrix."""
+        return self._docs.get(item_id)
 
     def scores(self, lexemes: Iterable[str]) -> np.ndarray:
         cols = sorted({self.vocab[t] for t in lexemes if t in self.vocab})
@@ -109,6 +118,15 @@ class LexicalIndex:
             return LexicalIndex(self.base)
         superseded = np.isin(self.base.ids, np.fromiter(changed, np.int64, len(changed)))
         return LexicalIndex(self.base, BM25Matrix(changed.values(), self.base.corpus), superseded)
+
+    def lexemes_of(self, item_ids: Sequence[int]) -> list[list[str] | None]:
+        """Each item's lexemes as this index holds them (a changed item's newest), None for an
+        item it does not hold yet (one added since the last look for changes)."""
+        out: list[list[str] | None] = []
+        for item_id in item_ids:
+            doc = self.overlay.lexemes(item_id) if self.overlay is not None else None
+            out.append(doc if doc is not None else self.base.lexemes(item_id))
+        return out
 
     def search(self, lexemes: Sequence[str], k: int) -> list[tuple[int, float]]:
         """The ``k`` best (item id, BM25 score), best first; items matching no lexeme are left out."""

@@ -239,7 +239,6 @@ class ItemFacts:
     brands: list[str | None]
     categories: list[tuple[str, ...]]
     prices: list[float | None]
-    lexemes: list[list[str]]
     popularity: np.ndarray
     rating: np.ndarray
     review_count: np.ndarray
@@ -252,7 +251,6 @@ class ItemFacts:
 
 _FACTS = """
 SELECT i.id, i.external_id, i.title, i.brand, i.category_path, i.price::float8,
-       tsvector_to_array(i.search_tsv),
        coalesce(s.popularity, 0), coalesce(s.rating_avg, 0), coalesce(s.rating_count, 0),
        coalesce(s.sentiment_positive, 0.5) {sims} {embedding}
 FROM items i
@@ -260,7 +258,7 @@ LEFT JOIN item_embeddings e ON e.item_id = i.id AND e.model_version = {version}
 LEFT JOIN item_stats s ON s.item_id = i.id
 WHERE i.id = ANY(%(ids)s) {where}
 """
-_FIXED_COLUMNS = 11
+_FIXED_COLUMNS = 10
 
 
 async def item_facts(
@@ -308,11 +306,10 @@ async def item_facts(
         brands=[r[3] for r in rows],
         categories=[tuple(r[4] or ()) for r in rows],
         prices=[r[5] for r in rows],
-        lexemes=[list(r[6] or ()) for r in rows],
-        popularity=col(7),
-        rating=col(8),
-        review_count=col(9),
-        sentiment=col(10),
+        popularity=col(6),
+        rating=col(7),
+        review_count=col(8),
+        sentiment=col(9),
         sims={name: col(_FIXED_COLUMNS + k) for k, name in enumerate(vectors)},
     )
     if with_embeddings:

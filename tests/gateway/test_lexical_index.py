@@ -107,3 +107,13 @@ def test_matches_the_textbook_formula(docs, query, k):
     expected = brute_force(catalog, query, k)
     assert [i for i, _ in hits] == [i for i, _ in expected]
     assert all(math.isclose(a, b, rel_tol=1e-4) for (_, a), (_, b) in zip(hits, expected))
+
+
+def test_lexemes_of_reads_each_items_newest_document_and_none_for_unknown_items():
+    # given an index whose item 2 changed after the base was built
+    index = LexicalIndex.build(DOCS).with_changes({2: (2, ["drill", "bit", "set"], [1, 1, 1])})
+    # when the ranker's features ask for the lexemes of some candidates
+    docs = index.lexemes_of([1, 2, 4, 99])
+    # then unchanged items read the base, the changed one its new document, an item without
+    # lexemes an empty list, and an item the index has not seen yet None (read from Postgres)
+    assert docs == [["cordless", "drill", "kit"], ["drill", "bit", "set"], [], None]
