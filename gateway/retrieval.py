@@ -52,11 +52,13 @@ async def dense(
     expr = vector_expr(model)
     query = sql.SQL(
         "SELECT e.item_id, 1 - ({expr} <=> %(v)s::vector) AS sim FROM item_embeddings e "
-        "JOIN items i ON i.id = e.item_id "
-        "WHERE e.model_version = {version} {where} {exclude} "
+        "{join} WHERE e.model_version = {version} {where} {exclude} "
         "ORDER BY {expr} <=> %(v)s::vector LIMIT %(n)s"
     ).format(
         expr=expr,
+        # Only filters need the item's row: an embedding's item exists (ON DELETE CASCADE), and
+        # joining 300 neighbours to items took ~0.6 of a 4.3 ms HNSW query (EXPLAIN ANALYZE).
+        join=sql.SQL("") if filters.empty() else sql.SQL("JOIN items i ON i.id = e.item_id"),
         version=sql.Literal(model.version),
         where=where,
         exclude=sql.SQL("AND e.item_id <> ALL(%(exclude)s)") if exclude else sql.SQL(""),
