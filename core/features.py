@@ -139,8 +139,8 @@ def lexical_columns(query: list[str], items: list[list[str]], stats: LexiconStat
 
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:[./x][0-9]+)*")
-# Titles whose normalised form and trigram codes are kept (~500 bytes each): the whole 59k-item
-# catalog fits in ~30 MB, and candidates repeat across queries.
+# Titles whose normalised form is kept (~200 bytes each): the whole 59k-item catalog fits, and
+# candidates repeat across queries.
 TITLE_CACHE = 65536
 
 

@@ -54,6 +54,11 @@ ENCODER_CALL_COST_TOKENS = 50
 # with one thread 3.3 and 2.3 ms CPU. On 2 cores shared with Postgres and the gateway, CPU per
 # call is what bounds Search's throughput (bench/gateway.py).
 PER_CALL_SESSION = {"intra_op_spinning": "0", "intra_op_threads": "1"}
+
+
+def per_call_session(target: Target) -> dict[str, str]:
+    """PER_CALL_SESSION where the Python-backend runner reads it (the native backend does not)."""
+    return dict(PER_CALL_SESSION) if target == "portable" else {}
 TOP_K_LABELS = 5
 
 
@@ -158,7 +163,7 @@ def encoder(
             "bucket_rows": str(ENCODER_BUCKET_ROWS),
             "bucket_call_cost_tokens": str(ENCODER_CALL_COST_TOKENS),
             "length_input": "attention_mask",
-            **(PER_CALL_SESSION if per_call and target == "portable" else {}),
+            **(per_call_session(target) if per_call else {}),
         },
         queue_delay_us=queue_delay_us,
         expire_queued=expire_queued,
@@ -303,7 +308,7 @@ def _ranker(target: Target) -> ModelSpec:
         inputs=(Tensor("features", "FP32", (len(FEATURE_NAMES),)),),
         outputs=(Tensor("score", "FP32", (1,)),),
         max_batch_size=1024,
-        parameters=dict(PER_CALL_SESSION) if target == "portable" else {},
+        parameters=per_call_session(target),
         queue_delay_us=0,
         expire_queued=False,
         gpu=False,

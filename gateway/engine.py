@@ -658,10 +658,9 @@ class Engine:
         if not anchors and (user.profile is None or user.profile.weight <= 0):
             return pool
         async with timer.stage("retrieve"):
-            lists, anchor_facts = await self._recommend_candidates(
+            lists, anchor_facts, anchor_vecs = await self._recommend_candidates(
                 model, user, anchors, pool.exclude, q.filters, budget.until(OPTIONAL_RETRIEVAL_SHARE), pool.reasons
             )
-        anchor_vecs = _embedded(anchor_facts)
         ids = [i for i, _ in reciprocal_rank_fusion(lists) if i not in pool.exclude][:RANKED_POOL]
         if not ids:
             return pool
@@ -711,7 +710,7 @@ class Engine:
 
         async with self.connection() as conn:
             anchor_facts = await retrieval.item_facts(conn, anchors, model, with_embeddings=True)
-        anchor_vecs = _embedded(anchor_facts)
+        anchor_vecs = anchor_facts.embeddings[np.linalg.norm(anchor_facts.embeddings, axis=1) > 0]
         profile_vec = user.profile.unit() if user.profile is not None and user.profile.weight > 0 else None
         last_vec = anchor_vecs[0] if len(anchor_vecs) else None
         nearest = (profile_vec is not None or last_vec is not None) and await self._nearest_searchable(filters, reasons)
@@ -759,7 +758,7 @@ class Engine:
             "cooccurrence": cooc_ids,
             "popular_category": popular_ids,
         }
-        return {k: [i for i in v if i not in exclude] for k, v in lists.items() if v}, anchor_facts
+        return {k: [i for i in v if i not in exclude] for k, v in lists.items() if v}, anchor_facts, anchor_vecs
 
     async def _cooccurrence(self, conn, anchors: list[int], ids: list[int]) -> dict[str, np.ndarray]:
         n = len(ids)
@@ -857,11 +856,6 @@ class Engine:
                     "INSERT INTO events (user_id, item_id, type, occurred_at) VALUES (%s, %s, %s, now())",
                     (user[0], row[0], event_type),
                 )
-
-
-def _embedded(facts: retrieval.ItemFacts) -> np.ndarray:
-    """The embeddings of the items that have one, in the facts' order (most recent first)."""
-    return facts.embeddings[np.linalg.norm(facts.embeddings, axis=1) > 0]
 
 
 def _mean_unit(vectors: np.ndarray) -> np.ndarray:
