@@ -63,7 +63,10 @@ def test_given_search_load_when_triton_is_killed_and_restarted_then_calls_degrad
         # may already be recorded).
         warm_reasons = set().union(*(reasons(c) for c in load.between(0, t_kill) if c.ended < t_kill))
         time.sleep(DOWN_S)
-        # and restarted on the same ports
+        # and restarted on the same ports. Triton answers for a model as soon as that model has
+        # loaded, before the server reports ready and before the readiness poll sees it (CI saw
+        # 2 full answers in that gap), so "down" ends when the restart begins.
+        t_restart = time.monotonic()
         triton = processes.triton(model_repository, ports, tmp_path / "triton-2.log").start(timeout=300)
         t_back = time.monotonic()
 
@@ -79,7 +82,8 @@ def test_given_search_load_when_triton_is_killed_and_restarted_then_calls_degrad
         gw.stop()
         triton.stop()
     chaos_record.update(summary(calls), recovery_s=round(full_again.ended - t_back, 2),
-                        triton_down_s=round(t_back - t_kill, 1), reasons_before_fault=sorted(warm_reasons))
+                        triton_down_s=round(t_back - t_kill, 1),
+                        restart_s=round(t_back - t_restart, 1), reasons_before_fault=sorted(warm_reasons))
 
     # Then no call outlived its deadline, and none failed other than UNAVAILABLE
     late = [c for c in calls if c.elapsed > c.deadline_s + DEADLINE_SLACK_S]
@@ -89,9 +93,10 @@ def test_given_search_load_when_triton_is_killed_and_restarted_then_calls_degrad
     before = [c for c in calls if c.ended < t_kill]
     assert before and all(c.code == grpc.StatusCode.OK and "encoder unavailable" not in reasons(c) for c in before)
     # while Triton was down every answer said it was degraded beyond that (or the call was UNAVAILABLE)
-    down = [c for c in calls if t_kill < c.started and c.ended < t_back]
+    down = [c for c in calls if t_kill < c.started and c.ended < t_restart]
     assert down, "no call was made while Triton was down"
-    assert all(c.code == grpc.StatusCode.UNAVAILABLE or reasons(c) - warm_reasons for c in down), summary(down)
+    full = [c for c in down if c.code != grpc.StatusCode.UNAVAILABLE and not reasons(c) - warm_reasons]
+    assert not full, f"{len(full)} full answers while Triton was down: {full[:3]}; {summary(down)}"
     assert any(c.code == grpc.StatusCode.OK for c in down), f"no degraded answer while Triton was down: {summary(down)}"
     # and full answers came back within 10 s of Triton being ready, with no gateway restart
     assert full_again.ended - t_back <= RECOVERY_S, f"full answers came back {full_again.ended - t_back:.1f}s after Triton"
