@@ -100,13 +100,31 @@ def _seconds_since(conn, when: datetime) -> float:
     return (now - when).total_seconds()
 
 
+class RangeBusy(Exception):
+    """Rows of a task's range are still pending after it ran: another transaction held them
+    (SKIP LOCKED passed them over) or changed them meanwhile. The task is retried shortly.
+
+    Jobs over the same items (embeddings and enrichment both claim rows of ``items``) lock each
+    other out: on a fresh 54,667-item catalog the embeddings job's first 8 batches all met
+    enrichment's locks, counted nothing, and the run sat until the stall redispatch 600 s later.
+    Counting such a range as done would stall the same way, so the task tries again instead."""
+
+    def __init__(self, job: str, first: int, last: int, pending: int):
+        super().__init__(f"{job}: {pending} rows of [{first}, {last}] held by another transaction")
+
+
 def process(deps: Deps, job: BatchJob, first: int, last: int, enqueue: Enqueue | None = None) -> int:
     """One task: process a range, close the run if that was the last of its work, and else
-    (given ``enqueue``) queue the run's next ranges."""
+    (given ``enqueue``) queue the run's next ranges, or raise :class:`RangeBusy` while rows of
+    the range are still pending (held by another task)."""
     done = job.process(deps, first, last)
     if done:
         _finish_if_drained(deps, job)
     if enqueue is not None:
+        with deps.conn.transaction():
+            left = [i for i in job.pending_ids(deps.conn, first - 1, job.batch_size(deps.settings)) if i <= last]
+        if left:
+            raise RangeBusy(job.name, first, last, len(left))
         top_up(deps, job, enqueue)
     return done
 

@@ -14,10 +14,11 @@ from workers.jobs import BATCH_JOBS
 
 log = logging.getLogger(__name__)
 
-# Retry while Triton or Postgres is down: backoff doubling from 2 s up to 60 s, 30 tries
-# (about 25 minutes) before the task gives up and the run's stall redispatch takes over.
+# Retry while Triton or Postgres is down, or another task holds rows of the range (a batch holds
+# its rows ~1 s): backoff doubling from 2 s up to 60 s, 30 tries (about 25 minutes) before the
+# task gives up and the run's stall redispatch takes over.
 RETRY = {
-    "autoretry_for": (TritonUnavailable, DatabaseUnavailable, psycopg.OperationalError),
+    "autoretry_for": (TritonUnavailable, DatabaseUnavailable, psycopg.OperationalError, dispatch.RangeBusy),
     "retry_backoff": 2,
     "retry_backoff_max": 60,
     "retry_jitter": True,

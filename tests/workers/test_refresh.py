@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import psycopg
 import pytest
@@ -159,6 +161,70 @@ def test_ticks_and_finished_batches_top_the_queue_up_to_the_cap(fresh_database_u
         assert conn.execute(
             "SELECT done, finished_at IS NOT NULL FROM job_runs WHERE job = 'embeddings'"
         ).fetchone() == (1000, True)
+
+
+def test_a_task_whose_rows_another_job_holds_retries_instead_of_counting_its_range_done(
+    fresh_database_url, triton_url, tmp_path
+):
+    from workers import dispatch, resources
+    from workers.jobs import BATCH_JOBS
+
+    # given 200 products, one queued embeddings range over all of them, and another job's
+    # transaction holding 50 of those rows (as enrichment's batch over the same items does)
+    load_homedepot(fresh_database_url, tmp_path, 200)
+    settings = load_settings(database_url=fresh_database_url, triton_url=triton_url, embedding_batch=200)
+    resources.reset()
+    deps = resources.deps(need_triton=True, settings=settings)
+    job = BATCH_JOBS["embeddings"]
+    queue: list[tuple[int, int]] = []
+    try:
+        dispatch.tick(deps, job, lambda name, first, last: queue.append((first, last)))
+        [(first, last)] = queue
+        with psycopg.connect(fresh_database_url) as holder:
+            held = [r[0] for r in holder.execute(
+                "SELECT id FROM items ORDER BY id LIMIT 50 FOR NO KEY UPDATE"
+            )]
+            # when the range's task runs
+            with pytest.raises(dispatch.RangeBusy, match="50 rows"):
+                dispatch.process(deps, job, first, last, queue.append)
+            # then it embedded what was free, and not what was held
+            with psycopg.connect(fresh_database_url) as conn:
+                embedded = {r[0] for r in conn.execute("SELECT item_id FROM item_embeddings")}
+            assert len(embedded) == 150 and not embedded & set(held)
+        # and once the holder is done, its retry finishes the range and the run
+        assert dispatch.process(deps, job, first, last, queue.append) == 50
+    finally:
+        resources.reset()
+    with psycopg.connect(fresh_database_url) as conn:
+        assert conn.execute(
+            "SELECT done, finished_at IS NOT NULL FROM job_runs WHERE job = 'embeddings'"
+        ).fetchone() == (200, True)
+
+
+def test_batches_that_met_another_jobs_locks_are_retried_by_the_worker_without_a_stall_redispatch(
+    workers, worker_env, triton_url, tmp_path
+):
+    url = worker_env["AISLE_DATABASE_URL"]
+    # given 2,000 products, a worker that would redispatch a stalled run only after 10 minutes,
+    # and another transaction holding every item's row (as a concurrent enrichment batch does)
+    n = load_homedepot(url, tmp_path, 2000)
+    workers.start(AISLE_REDISPATCH_AFTER_S="600")
+    with psycopg.connect(url) as holder:
+        holder.execute("SELECT id FROM items FOR NO KEY UPDATE").fetchall()
+        # when the embeddings job is triggered and its batches meet the held rows
+        trigger(worker_env, "embeddings")
+        with psycopg.connect(url, autocommit=True) as conn:
+            deadline = time.monotonic() + 60
+            while not conn.execute(
+                "SELECT 1 FROM job_runs WHERE job = 'embeddings' AND dispatched_rows > 0"
+            ).fetchone():
+                assert time.monotonic() < deadline, "the tick dispatched nothing"
+                time.sleep(0.2)
+        time.sleep(2)
+    # then, once the holder is done, the worker's retries finish the run within a minute
+    run = wait_for_run(url, "embeddings", timeout=60)
+    assert run["total"] == run["done"] == n and run["error"] is None, run
+    assert_every_item_embedded_once_and_correctly(url, triton_url, sample=100)
 
 
 @pytest.mark.parametrize("job", ["embeddings"])
