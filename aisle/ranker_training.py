@@ -11,7 +11,6 @@ system is then evaluated where the next item is the `valid` one, so nothing trai
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from core.features import FEATURE_NAMES, INDEX
 from core.settings import Settings
+from export.heads.splits import hashed_holdout
 
 # LambdaMART settings chosen on the 20% of queries/users held out by hash (docs/ranking.md):
 # more leaves or rounds did not improve held-out NDCG@10; fewer lost ~0.01.
@@ -76,7 +76,7 @@ class Examples:
 
 
 def holdout(group: str) -> bool:
-    return int(hashlib.sha1(group.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < HOLDOUT
+    return hashed_holdout(group, HOLDOUT)
 
 
 async def search_examples(engine, queries: dict[str, str], qrels: dict[str, dict[str, float]], say) -> Examples:
@@ -171,6 +171,7 @@ def train(
     out_dir: Path,
     seed: int = 0,
     say=print,
+    holdout_out: Path | None = None,
 ) -> dict:
     from aisle.evaluation.recommend import Interaction, read_interactions, targets_and_history
     from aisle.evaluation.scratch import load_history, refresh_all, scratch_database
@@ -205,6 +206,10 @@ def train(
     booster = fit(train_part, seed)
     metrics = {"holdout": evaluate(booster, held)}
     say(f"held-out pool NDCG@10: {metrics['holdout']}")
+    if holdout_out is not None:
+        # The ranker that never saw the held-out queries and users: for end-to-end evaluation
+        # on them (`aisle eval search --queries <held-out>` with this one exported).
+        ranker.save(booster, FEATURE_NAMES, holdout_out, metrics)
     final = fit(examples, seed)
     ranker.save(final, FEATURE_NAMES, out_dir, metrics)
     return metrics

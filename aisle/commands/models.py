@@ -315,6 +315,42 @@ def train_sentiment(
     _train_head(sentiment, data, out, seed, holdout, as_json)
 
 
+@train_app.command("query-encoder")
+def train_query_encoder(
+    queries: Path = typer.Option(DATA / "homedepot" / "queries_dev.csv", help="CSV with query_id, query."),
+    qrels: Path = typer.Option(DATA / "homedepot" / "qrels_dev.csv", help="CSV with query_id, product_uid, relevance (1-3)."),
+    products: Path = typer.Option(DATA / "homedepot" / "products.csv", help="CSV with product_uid, product_title: the catalog."),
+    out: Path = typer.Option(REPO_ROOT / "export" / "weights" / "query_encoder"),
+    seed: int = typer.Option(0),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Train query-side LoRA adapters for Search against the catalog's fixed item embeddings.
+
+    Trains on the queries outside the ranker's held-out 20 % and prints dense-only NDCG@10 and
+    Recall@100 of the base and the adapted encoder on both sides (~3 min on 2 cores, plus ~8 min
+    the first time to embed the catalog, cached under build/query_encoder/)."""
+    import json
+
+    from export.heads import query_encoder
+
+    for path in (queries, qrels, products):
+        _readable(path)
+    try:
+        metrics = query_encoder.train(queries, qrels, products, out, seed=seed, cache_dir=REPO_ROOT / "build" / "query_encoder")
+    except KeyError as exc:
+        fail(f"missing column {exc} (queries: query_id, query; qrels: query_id, product_uid, relevance; products: product_uid, product_title)")
+    except ValueError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(metrics))
+        return
+    for side in ("held_out", "trained"):
+        b, a = metrics["base"][side], metrics["adapted"][side]
+        say(f"{side} ({a['queries']} queries): NDCG@10 {b['ndcg@10']} -> {a['ndcg@10']}, "
+            f"Recall@100 {b['recall@100']} -> {a['recall@100']} (dense only, base -> adapted)")
+    say(f"wrote {out}")
+
+
 @train_app.command("ranker")
 def train_ranker(
     queries: Path = typer.Option(DATA / "homedepot" / "queries_dev.csv"),
@@ -323,6 +359,7 @@ def train_ranker(
     items: Path = typer.Option(DATA / "scientific" / "items.csv"),
     out: Path = typer.Option(REPO_ROOT / "export" / "weights" / "ranker"),
     seed: int = typer.Option(0),
+    holdout_out: Path = typer.Option(None, help="Also write the ranker fitted without the held-out 20 % here (for evaluating on those queries)."),
 ) -> None:
     """Learn the ranker (LightGBM LambdaMART) on features from the serving pipeline itself.
 
@@ -334,5 +371,6 @@ def train_ranker(
     settings = _stack_settings()
     if not settings.database_url or not settings.triton_url:
         fail("needs the local stack (`aisle up`) or AISLE_DATABASE_URL and AISLE_TRITON_URL")
-    metrics = train(settings, queries, qrels, interactions, items, out, seed=seed, say=lambda m: say(m))
+    metrics = train(settings, queries, qrels, interactions, items, out, seed=seed, say=lambda m: say(m),
+                    holdout_out=holdout_out)
     say(f"wrote {out}; held-out: {metrics['holdout']}")

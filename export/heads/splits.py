@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,3 +29,9 @@ def group_holdout(groups: Sequence[str], fraction: float, seed: int) -> tuple[np
         GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed).split(groups_arr, groups=groups_arr)
     )
     return np.sort(train), np.sort(held)
+
+
+def hashed_holdout(group: str, fraction: float) -> bool:
+    """Whether ``group`` (e.g. "q:<query_id>") is held out: a fixed hash, so every model trained
+    on the same judgements (the query encoder, the ranker) holds out the same groups."""
+    return int(hashlib.sha1(group.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
