@@ -14,6 +14,7 @@ work an answer needs is cancelled at the deadline (DEADLINE_EXCEEDED), not left 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Awaitable
@@ -146,6 +147,17 @@ class Budget:
 def _loop_time(monotonic: float) -> float:
     """``monotonic`` (a time.monotonic() reading) on the event loop's clock."""
     return asyncio.get_running_loop().time() + (monotonic - time.monotonic())
+
+
+def _settle_heap() -> None:
+    """Move what is alive now (the lexical index, the corrector, the caches: ~360k objects for
+    59k items) out of the cyclic collector's reach. Every ~1,000 searches a full collection
+    walked them all: 64-88 ms with the gateway's loop stopped (in-process, 2026-11-29), and at
+    c=4 every ~11 s four searches in flight took ~150 ms together, setting the p99. Refcounting
+    still frees the old index when a rebuild replaces it (it holds no reference cycles); the
+    collection first drops cyclic garbage rather than freezing it, once per full build."""
+    gc.collect()
+    gc.freeze()
 
 
 async def optional(what: str, work: Awaitable[T], deadline: float, reasons: list[str], fallback: T) -> T:
@@ -332,6 +344,7 @@ class Engine:
         index = await asyncio.to_thread(LexicalIndex.build, read.docs)
         corrector = await asyncio.to_thread(QueryCorrector, words)
         self._lexicon = Lexicon(started, started, read.snapshot, index, corrector, read.stamps)
+        _settle_heap()
         return self._lexicon
 
     async def _poll_lexicon(self, current: Lexicon) -> Lexicon:
