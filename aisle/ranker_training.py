@@ -44,7 +44,6 @@ ROUNDS = 300
 POOL = 300
 # Search labels: relevance 1..3 in thirds/quarters -> integer grades 0..8.
 LABEL_SCALE = 4
-HOLDOUT = 0.2
 
 
 @dataclass
@@ -76,7 +75,7 @@ class Examples:
 
 
 def holdout(group: str) -> bool:
-    return hashed_holdout(group, HOLDOUT)
+    return hashed_holdout(group)
 
 
 async def search_examples(engine, queries: dict[str, str], qrels: dict[str, dict[str, float]], say) -> Examples:

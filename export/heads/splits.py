@@ -31,7 +31,12 @@ def group_holdout(groups: Sequence[str], fraction: float, seed: int) -> tuple[np
     return np.sort(train), np.sort(held)
 
 
-def hashed_holdout(group: str, fraction: float) -> bool:
+# Share of judged queries and users held out by hash: the ranker's and the query encoder's
+# common split, so each is judged on queries neither saw.
+SHARED_HOLDOUT = 0.2
+
+
+def hashed_holdout(group: str, fraction: float = SHARED_HOLDOUT) -> bool:
     """Whether ``group`` (e.g. "q:<query_id>") is held out: a fixed hash, so every model trained
     on the same judgements (the query encoder, the ranker) holds out the same groups."""
     return int(hashlib.sha1(group.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
