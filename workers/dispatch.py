@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from psycopg import sql
+
 from workers import runs
 from workers.jobs import BATCH_JOBS, GRAPH
 from workers.jobs.base import BatchJob, Deps, plan
@@ -101,13 +103,15 @@ def _seconds_since(conn, when: datetime) -> float:
 
 
 class RangeBusy(Exception):
-    """Rows of a task's range are still pending after it ran: another transaction held them
-    (SKIP LOCKED passed them over) or changed them meanwhile. The task is retried shortly.
+    """Rows of a task's range are still pending after it ran because another transaction holds
+    them (SKIP LOCKED passed them over). The task is retried shortly.
 
     Jobs over the same items (embeddings and enrichment both claim rows of ``items``) lock each
     other out: on a fresh 54,667-item catalog the embeddings job's first 8 batches all met
     enrichment's locks, counted nothing, and the run sat until the stall redispatch 600 s later.
-    Counting such a range as done would stall the same way, so the task tries again instead."""
+    Counting such a range as done would stall the same way, so the task tries again instead.
+    Rows left pending for a reason of their own (a user whose events' items have no embedding
+    yet) are not held by anyone and do not make a range busy."""
 
     def __init__(self, job: str, first: int, last: int, pending: int):
         super().__init__(f"{job}: {pending} rows of [{first}, {last}] held by another transaction")
@@ -123,10 +127,23 @@ def process(deps: Deps, job: BatchJob, first: int, last: int, enqueue: Enqueue |
     if enqueue is not None:
         with deps.conn.transaction():
             left = [i for i in job.pending_ids(deps.conn, first - 1, job.batch_size(deps.settings)) if i <= last]
-        if left:
-            raise RangeBusy(job.name, first, last, len(left))
+            held = _held(deps.conn, job.claims, left) if left else 0
+        if held:
+            raise RangeBusy(job.name, first, last, held)
         top_up(deps, job, enqueue)
     return done
+
+
+def _held(conn, table: str, ids: list[int]) -> int:
+    """How many rows of ``table`` with ``ids`` another transaction holds right now (the probe's
+    own locks end with the caller's transaction, a moment later)."""
+    free = conn.execute(
+        sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} WHERE id = ANY(%s) FOR NO KEY UPDATE SKIP LOCKED) f").format(
+            sql.Identifier(table)
+        ),
+        (ids,),
+    ).fetchone()[0]
+    return len(ids) - free
 
 
 def _finish_if_drained(deps: Deps, job: BatchJob) -> None:

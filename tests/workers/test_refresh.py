@@ -201,6 +201,22 @@ def test_a_task_whose_rows_another_job_holds_retries_instead_of_counting_its_ran
         ).fetchone() == (200, True)
 
 
+def test_a_range_counts_as_busy_only_for_rows_another_transaction_holds(fresh_database_url, tmp_path):
+    from workers import dispatch
+
+    # given 20 products, 5 of them held by another transaction
+    load_homedepot(fresh_database_url, tmp_path, 20)
+    with psycopg.connect(fresh_database_url) as holder, psycopg.connect(fresh_database_url) as conn:
+        ids = [r[0] for r in conn.execute("SELECT id FROM items ORDER BY id")]
+        holder.execute("SELECT id FROM items WHERE id = ANY(%s) FOR NO KEY UPDATE", (ids[:5],)).fetchall()
+        # when a task asks which of its still-pending rows are held
+        # then exactly those 5 are, whatever else is pending
+        assert dispatch._held(conn, "items", ids) == 5
+        assert dispatch._held(conn, "items", ids[5:]) == 0
+        holder.rollback()
+        assert dispatch._held(conn, "items", ids) == 0
+
+
 def test_batches_that_met_another_jobs_locks_are_retried_by_the_worker_without_a_stall_redispatch(
     workers, worker_env, triton_url, tmp_path
 ):

@@ -38,6 +38,8 @@ class BatchJob(Protocol):
     name: ClassVar[str]
     # Celery queue: "triton" for jobs that call Triton, "db" for Postgres-only ones.
     queue: ClassVar[str]
+    # The table whose rows a batch claims, by the job's keys ("items", "users", "reviews").
+    claims: ClassVar[str]
 
     def batch_size(self, settings: Settings) -> int: ...
 

@@ -37,6 +37,7 @@ SET content_hash = EXCLUDED.content_hash, embedding = EXCLUDED.embedding, update
 class ItemEmbeddings:
     name = "embeddings"
     queue = "triton"
+    claims = "items"
 
     def batch_size(self, settings: Settings) -> int:
         return settings.embedding_batch

@@ -22,6 +22,7 @@ ON CONFLICT (item_id) DO UPDATE SET
 class ItemEnrichment:
     name = "enrichment"
     queue = "triton"
+    claims = "items"
 
     def batch_size(self, settings: Settings) -> int:
         return settings.embedding_batch

@@ -76,6 +76,7 @@ def events_from_rows(rows) -> list[Event]:
 class UserProfiles:
     name = "profiles"
     queue = "db"
+    claims = "users"
 
     def batch_size(self, settings: Settings) -> int:
         return USER_BATCH

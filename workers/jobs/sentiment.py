@@ -26,6 +26,7 @@ ON CONFLICT (item_id) DO UPDATE SET
 class ReviewSentiment:
     name = "sentiment"
     queue = "triton"
+    claims = "reviews"
 
     def batch_size(self, settings: Settings) -> int:
         return REVIEW_BATCH
