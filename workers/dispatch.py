@@ -110,8 +110,8 @@ class RangeBusy(Exception):
     other out: on a fresh 54,667-item catalog the embeddings job's first 8 batches all met
     enrichment's locks, counted nothing, and the run sat until the stall redispatch 600 s later.
     Counting such a range as done would stall the same way, so the task tries again instead.
-    Rows left pending for a reason of their own (a user whose events' items have no embedding
-    yet) are not held by anyone and do not make a range busy."""
+    Rows still pending but held by nobody (changed again since the claim, say) do not make a
+    range busy: the next round takes them."""
 
     def __init__(self, job: str, first: int, last: int, pending: int):
         super().__init__(f"{job}: {pending} rows of [{first}, {last}] held by another transaction")

@@ -25,8 +25,8 @@ def deps(need_triton: bool, settings: Settings | None = None) -> Deps:
         # autocommit: every job scopes its own transactions explicitly.
         _conn = connect(settings.database_url, autocommit=True)
         # Background work does not take every core of the database: a beat tick's backlog counts
-        # ran as parallel scans, ~65 ms of CPU on both of the machine's two cores every 10 s, and
-        # every search in flight stalled with them (four at c=4 took ~150 ms together, 3x p50).
+        # ran as parallel scans, ~65 ms of CPU on both of the machine's two cores every 10 s,
+        # with the gateway's searches in flight waiting for them.
         _conn.execute("SET max_parallel_workers_per_gather = 0")
     if need_triton and _triton is None:
         if settings.triton_url is None:

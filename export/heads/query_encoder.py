@@ -25,7 +25,7 @@ import torch
 
 from core.catalog import embedding_text
 from export.encoder import MeanPooledEncoder, base_model_dir, load_transformer
-from export.heads.partial_finetune import lora
+from export.heads.partial_finetune import AdapterConfig, lora
 from export.heads.reproducibility import seed_everything
 from export.heads.splits import hashed_holdout
 
@@ -37,21 +37,15 @@ RELEVANT = 2.5  # Recall@100 counts products of relevance >= 2.5 (the data's REA
 
 
 @dataclass(frozen=True)
-class QueryEncoderConfig:
+class QueryEncoderConfig(AdapterConfig):
+    """The adapted heads' LoRA shape and schedule (every layer tuned); no head: the softmax runs
+    over the catalog, ``logit_scale`` its temperature over cosines."""
+
     # Two runs judged on the held-out 1,182 queries (2026-11-29, dense-only over 59k items; base
     # encoder Recall@100 0.698, NDCG@10 0.271): lr 5e-4 with scale 20 gave 0.749 / 0.745 / 0.747
     # after epochs 1-3 (NDCG@10 0.302 / 0.306 / 0.311); lr 1e-3 with scale 30 gave 0.740 / 0.747
     # after epochs 1-2 (0.310 / 0.312). Within noise of each other; the first was kept.
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.1
-    epochs: int = 3
-    batch_size: int = 32
     learning_rate: float = 5e-4
-    weight_decay: float = 0.01
-    # Softmax temperature over cosines: at 1 the logits span [-1, 1] and the catalog-wide
-    # softmax is nearly flat.
-    logit_scale: float = 20.0
 
 
 @dataclass
@@ -94,7 +88,7 @@ def encode(model: torch.nn.Module, tokenizer, texts: list[str], batch: int = 256
     return out
 
 
-def catalog_embeddings(texts: list[str], cache_dir: Path | None = None) -> torch.Tensor:
+def catalog_embeddings(base: torch.nn.Module, tokenizer, texts: list[str], cache_dir: Path | None = None) -> torch.Tensor:
     """Base-encoder embeddings of the catalog's texts (what the served catalog stores), cached
     under ``cache_dir`` by a digest of the texts (embedding 54,667 titles takes minutes)."""
     path = None
@@ -103,8 +97,7 @@ def catalog_embeddings(texts: list[str], cache_dir: Path | None = None) -> torch
         path = cache_dir / f"items-{digest}.npy"
         if path.exists():
             return torch.from_numpy(np.load(path))
-    base = MeanPooledEncoder(load_transformer()).eval()
-    matrix = encode(base, _tokenizer(), texts)
+    matrix = encode(base, tokenizer, texts)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, matrix.numpy())
@@ -133,7 +126,7 @@ def _fit(judged: Judged, qids: list[str], items: torch.Tensor, position: dict[st
     generator = seed_everything(seed)
     tokenizer = _tokenizer()
     transformer = load_transformer()
-    peft_model = lora(transformer, 0, config.lora_rank, config.lora_alpha, config.lora_dropout)
+    peft_model = lora(transformer, config.first_tuned_layer, config.lora_rank, config.lora_alpha, config.lora_dropout)
     model = MeanPooledEncoder(transformer)
     optimizer = torch.optim.AdamW(
         [p for p in peft_model.parameters() if p.requires_grad], lr=config.learning_rate, weight_decay=config.weight_decay
@@ -178,11 +171,11 @@ def train(queries_csv: Path, qrels_csv: Path, products_csv: Path, out_dir: Path,
     qids = sorted(q for q in judged.queries if q in judged.qrels)
     if not any(p in position for q in qids for p in judged.qrels[q]):
         raise ValueError(f"no judged product of a query in {queries_csv} is in {products_csv}")
-    items = catalog_embeddings(texts, cache_dir)
-    held = [q for q in qids if hashed_holdout(f"q:{q}")]
-    kept = [q for q in qids if not hashed_holdout(f"q:{q}")]
     base = MeanPooledEncoder(load_transformer()).eval()
     tokenizer = _tokenizer()
+    items = catalog_embeddings(base, tokenizer, texts, cache_dir)
+    held = [q for q in qids if hashed_holdout(f"q:{q}")]
+    kept = [q for q in qids if not hashed_holdout(f"q:{q}")]
     metrics = {"base": {"held_out": dense_metrics(base, tokenizer, judged, held, items, position)}}
     peft_model, model, tokenizer = _fit(judged, kept, items, position, config, seed)
     metrics["adapted"] = {
@@ -203,7 +196,7 @@ def load(weights_dir: Path) -> torch.nn.Module:
 
     meta = json.loads((Path(weights_dir) / META_FILE).read_text())
     config = QueryEncoderConfig(**meta["config"])
-    peft_model = lora(load_transformer(), 0, config.lora_rank, config.lora_alpha, config.lora_dropout)
+    peft_model = lora(load_transformer(), config.first_tuned_layer, config.lora_rank, config.lora_alpha, config.lora_dropout)
     set_peft_model_state_dict(peft_model, load_file(str(Path(weights_dir) / WEIGHTS_FILE)))
     merged = peft_model.merge_and_unload()
     merged.eval()
