@@ -29,6 +29,7 @@ from core import logs
 from core.settings import Settings, get_settings
 from gateway import metrics
 from gateway.auth import ApiKeyInterceptor, ApiKeys, service_of
+from gateway.drain import MAX_DRAIN_S, ShutdownDrain
 from gateway.guards import DecodeInterceptor, RateLimiter, RateLimitInterceptor
 from gateway.pagination import PageTokens
 from gateway.protos.aisle.v1 import aisle_pb2, aisle_pb2_grpc
@@ -102,8 +103,10 @@ _SERVER_FAULTS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, g
 class GatewayServer:
     """A started gateway: the grpc.aio server and what it owns."""
 
-    def __init__(self, server: grpc.aio.Server, port: int, engine, owns_engine: bool, health, service: AisleService):
+    def __init__(self, server: grpc.aio.Server, port: int, engine, owns_engine: bool, health, service: AisleService,
+                 drain: ShutdownDrain):
         self.server = server
+        self.drain = drain
         self.port = port
         self.engine = engine
         self.health = health
@@ -141,8 +144,9 @@ class GatewayServer:
             await asyncio.sleep(READY_POLL_S)
 
     async def stop(self, grace: float | None = 20.0) -> None:
-        """NOT_SERVING at once, then let in-flight calls finish for up to ``grace`` seconds
-        (new calls are refused), then release the engine and the metrics endpoint."""
+        """NOT_SERVING at once; take the calls gRPC's core still holds (gateway/drain.py);
+        then let every taken call finish for up to ``grace`` seconds in all while new
+        connections and calls are refused; then release the engine and the metrics endpoint."""
         if self._stopping:
             await self._stopped.wait()
             return
@@ -151,7 +155,13 @@ class GatewayServer:
             await self.health.enter_graceful_shutdown()
             if self._readiness is not None:
                 self._readiness.cancel()
-            await self.server.stop(grace)
+            if grace:
+                grace = max(grace - await self.drain.take_queued_calls(min(MAX_DRAIN_S, grace / 2)), 0.0)
+            stopping = asyncio.create_task(self.server.stop(grace))
+            # The core stops taking calls in the stop's first step; the held ones go on after it.
+            await asyncio.sleep(0)
+            self.drain.open()
+            await stopping
             if self._owns_engine:
                 try:
                     await asyncio.wait_for(self.engine.close(), ENGINE_CLOSE_S)
@@ -161,6 +171,7 @@ class GatewayServer:
                 await asyncio.to_thread(self._metrics_httpd.shutdown)
                 self._metrics_httpd.server_close()
         finally:
+            self.drain.open()
             self._stopped.set()
 
     async def wait_for_termination(self) -> None:
@@ -190,7 +201,8 @@ async def create_server(
         engine = await Engine.create(settings)
     try:
         keys = ApiKeys(settings.api_keys)
-        interceptors = [RequestLogInterceptor(), metrics.MetricsInterceptor()]
+        drain = ShutdownDrain()
+        interceptors = [drain, RequestLogInterceptor(), metrics.MetricsInterceptor()]
         if settings.rate_limit_qps > 0:
             limiter = RateLimiter(settings.rate_limit_qps, settings.rate_limit_bucket)
             interceptors.append(RateLimitInterceptor(limiter, keys))
@@ -227,7 +239,7 @@ async def create_server(
         if owns_engine:
             await engine.close()
         raise
-    gateway = GatewayServer(server, port, engine, owns_engine, health, service)
+    gateway = GatewayServer(server, port, engine, owns_engine, health, service, drain)
     if metrics_port is not None:
         try:
             gateway._metrics_httpd, gateway.metrics_port = metrics.serve(metrics_port, metrics_address)
