@@ -50,6 +50,12 @@ FEATURE_NAMES: tuple[str, ...] = (
     "cooc_recent",  # recency-weighted co-occurrence from the user's recent items to this one
     "cooc_reverse",  # co-occurrence from this item to the user's recent items
     "sim_last",  # cosine of the user's last item and this one
+    "idf_coverage",  # share of the query's IDF mass found in the item's lexemes
+    "max_missing_idf",  # IDF of the rarest query lexeme the item lacks, 0 when it lacks none
+    "missing_terms",  # how many of the query's lexemes the item lacks
+    "query_last_in_item",  # the query's last word (usually what it wants) is among the item's lexemes
+    "title_head_in_query",  # the title's head (its product type, see title_words) is in the query
+    "title_head2_in_query",  # either of the head's last two words is in the query
 )
 N_FEATURES = len(FEATURE_NAMES)
 INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -95,7 +101,8 @@ def matrix(s: Signals) -> np.ndarray:
     for name in (
         "dense_sim", "bm25", "query_coverage", "trigram_sim", "bigram_match", "number_match", "item_length", "brand_match", "category_match",
         "popularity", "rating", "review_count", "price", "has_price", "profile_sim", "category_affinity",
-        "cooc_last", "cooc_recent", "cooc_reverse", "sim_last",
+        "cooc_last", "cooc_recent", "cooc_reverse", "sim_last", "idf_coverage", "max_missing_idf", "missing_terms",
+        "query_last_in_item", "title_head_in_query", "title_head2_in_query",
     ):
         m[:, INDEX[name]] = s.column(name)
     m[:, INDEX["sentiment"]] = s.column("sentiment", 0.5)
@@ -118,24 +125,39 @@ class LexiconStats:
 
 
 def lexical_columns(query: list[str], items: list[list[str]], stats: LexiconStats | None) -> dict[str, np.ndarray]:
-    """BM25 (binary term frequency: titles rarely repeat a word), query coverage and length."""
-    n = len(items)
-    bm25 = np.zeros(n, dtype=np.float32)
-    coverage = np.zeros(n, dtype=np.float32)
-    length = np.zeros(n, dtype=np.float32)
+    """BM25 (binary term frequency: titles rarely repeat a word), query coverage and length,
+    and which of the query's lexemes each item lacks: their number, the rarest one's IDF and
+    the share of the query's IDF mass that is present. A relevant product seldom lacks the
+    query's rarest word; BM25 and plain coverage don't say which words are missing.
+
+    Rows are built as Python tuples and converted once: assigning numpy elements one by one
+    cost 0.75 ms for 300 candidates, this way 0.64 (0.42 before the three lacking-word columns)."""
     terms = set(query)
     idf = {t: stats.idf(t) for t in terms} if stats else {t: 1.0 for t in terms}
+    total_idf = sum(idf.values())
     avg = stats.mean_length if stats and stats.mean_length > 0 else 8.0
-    for i, lexemes in enumerate(items):
+    rows = []
+    for lexemes in items:
         doc = set(lexemes)
-        length[i] = math.log1p(len(doc))
+        length = math.log1p(len(doc))
         if not terms:
+            rows.append((0.0, 0.0, length, 0.0, 0.0, 0.0))
             continue
         hits = terms & doc
-        coverage[i] = len(hits) / len(terms)
+        hit_idf = sum(idf[t] for t in hits)
         norm = BM25_K1 * (1 - BM25_B + BM25_B * len(doc) / avg)
-        bm25[i] = sum(idf[t] * (BM25_K1 + 1) / (1 + norm) for t in hits)
-    return {"bm25": bm25, "query_coverage": coverage, "item_length": length}
+        lacking = len(terms) - len(hits)
+        rows.append((
+            hit_idf * (BM25_K1 + 1) / (1 + norm),
+            len(hits) / len(terms),
+            length,
+            hit_idf / total_idf if total_idf > 0 else 0.0,
+            max(idf[t] for t in terms if t not in doc) if lacking else 0.0,
+            lacking,
+        ))
+    m = np.array(rows, dtype=np.float32).reshape(len(items), 6)
+    names = ("bm25", "query_coverage", "item_length", "idf_coverage", "max_missing_idf", "missing_terms")
+    return {name: np.ascontiguousarray(m[:, k]) for k, name in enumerate(names)}
 
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:[./x][0-9]+)*")
@@ -235,3 +257,53 @@ def text_columns(query: str, titles: list[str]) -> dict[str, np.ndarray]:
         if q_numbers:
             numbers = _share_present(q_numbers, joined, starts, n)
     return {"trigram_sim": tri, "bigram_match": bigram, "number_match": numbers}
+
+
+# --- Product type ----------------------------------------------------------------------------
+
+# A title names its product type last, before what qualifies it: "... Convection Microwave in
+# Stainless Steel", "... Bamboo Rollup Shade - 96 in. W", "... Aluminum Sheet, Silver".
+_HEAD_END = re.compile(r"\s(?:in|with|for)\s|\s-\s|,|\(")
+# Words of three letters or more: shorter ones are sizes and joints ("in", "ft", "x").
+_WORD = re.compile(r"[a-z]{3,}")
+
+
+@functools.lru_cache(maxsize=1)
+def _stemmer():
+    import snowballstemmer
+
+    # Postgres' 'english' text search configuration stems with this same Snowball algorithm,
+    # so these stems compare with the lexemes of the lexical index and of the query.
+    return snowballstemmer.stemmer("english")
+
+
+# Distinct words of the Home Depot titles: 15,385. Snowball in Python takes ~15 µs a word, which
+# made a fresh gateway's first searches 10 ms slower before this cache.
+STEM_CACHE = 32768
+
+
+@functools.lru_cache(maxsize=STEM_CACHE)
+def stem(word: str) -> str:
+    return _stemmer().stemWord(word)
+
+
+@functools.lru_cache(maxsize=TITLE_CACHE)
+def title_head(title: str) -> tuple[str, ...]:
+    """The stems of a title's last two words before the first " in ", " with ", " for ",
+    " - ", "," or "(": its product type, last word last."""
+    return tuple(stem(w) for w in _WORD.findall(_HEAD_END.split(title.lower(), maxsplit=1)[0])[-2:])
+
+
+def type_columns(query: str, query_lexemes: list[str], titles: list[str], items: list[list[str]]) -> dict[str, np.ndarray]:
+    """Whether query and item name the same product type: the query's last word among the
+    item's lexemes, and the title's head (or either of its last two words) among the query's.
+    Searches name what they want last ("cordless drill"); a product that shares only the
+    qualifiers is rarely relevant."""
+    n = len(titles)
+    words = _WORD.findall(query.lower())
+    q_last, q_set = (stem(words[-1]) if words else None), set(query_lexemes)
+    heads = [title_head(title) for title in titles]
+    last_in = np.fromiter((q_last in lexemes for lexemes in items), dtype=np.float32, count=n)
+    head_in = np.fromiter((bool(h) and h[-1] in q_set for h in heads), dtype=np.float32, count=n)
+    head2_in = np.fromiter((any(w in q_set for w in h) for h in heads), dtype=np.float32, count=n)
+    return {"query_last_in_item": last_in, "title_head_in_query": head_in, "title_head2_in_query": head2_in}

@@ -37,6 +37,7 @@ from core.features import (
     lexical_columns,
     matrix,
     text_columns,
+    type_columns,
 )
 from core.model_interfaces import query_model
 from core.profiles import Event, Profile, category_affinity, fold
@@ -472,6 +473,7 @@ class Engine:
                 docs = [found.get(i, []) if doc is None else doc for i, doc in zip(facts.ids, docs)]
             signals.columns.update(lexical_columns(lexemes, docs, stats))
             signals.columns.update(text_columns(q.query, facts.titles))
+            signals.columns.update(type_columns(q.query, lexemes, facts.titles, docs))
             brand_match, cat_match = _query_matches(q.query, facts, expansions)
             signals.columns["brand_match"] = brand_match
             signals.columns["category_match"] = np.maximum(signals.column("category_match"), cat_match)

@@ -1,14 +1,17 @@
-"""Surface-text features: the substring formulation equals the set definitions it stands for."""
+"""Lexical and surface-text features: the substring formulation equals the set definitions it
+stands for; what an item lacks of the query; product types; stems equal Postgres' lexemes."""
 
 from __future__ import annotations
 
 import math
 import re
 
+import psycopg
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.features import text_columns
+from core.features import LexiconStats, lexical_columns, stem, text_columns, title_head, type_columns
 
 
 def by_sets(query: str, title: str) -> tuple[float, float, float]:
@@ -58,3 +61,66 @@ def test_equal_to_the_set_definitions(query, titles):
         expected = by_sets(query, title)
         got = (cols["trigram_sim"][k], cols["bigram_match"][k], cols["number_match"][k])
         assert all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7) for a, b in zip(got, expected)), (query, title)
+
+
+# --- What an item lacks of the query, and product types -------------------------------------
+
+def test_an_item_lacking_the_rarest_query_word_scores_lower_than_one_lacking_a_common_one():
+    # given a query of a common and a rare lexeme, and two items that each lack one of them
+    stats = LexiconStats(documents=1000, doc_freq={"cordless": 20, "drill": 200}, mean_length=8.0)
+    # when the lexical columns are computed
+    cols = lexical_columns(["cordless", "drill"], [["drill", "bit"], ["cordless", "saw"], ["cordless", "drill"]], stats)
+    # then each lacks one lexeme, the first the rarer one: less of the query's IDF mass, a rarer miss
+    assert list(cols["missing_terms"]) == [1.0, 1.0, 0.0]
+    assert cols["max_missing_idf"][0] == pytest.approx(stats.idf("cordless"))
+    assert cols["max_missing_idf"][1] == pytest.approx(stats.idf("drill"))
+    assert cols["max_missing_idf"][2] == 0.0
+    assert cols["idf_coverage"][0] < cols["idf_coverage"][1] < cols["idf_coverage"][2] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "title, head",
+    [
+        ("Whirlpool 1.9 cu. ft. Over the Range Convection Microwave in Stainless Steel", ("convect", "microwav")),
+        ("Hampton Bay Caramel Simple Weave Bamboo Rollup Shade - 96 in. W x 72 in. L", ("rollup", "shade")),
+        ("MD Building Products 36 in. x 36 in. Cloverleaf Aluminum Sheet, Silver", ("aluminum", "sheet")),
+        ("Valley View Industries Metal Stakes (4-Pack)", ("metal", "stake")),
+        ("Simpson Strong-Tie 12-Gauge Angle", ("gaug", "angl")),
+        ("36 in.", ()),
+    ],
+)
+def test_a_titles_head_is_its_product_type(title, head):
+    assert title_head(title) == head
+
+
+def test_type_columns_match_the_query_s_last_word_and_the_title_s_head():
+    # given "microwave over stove" (lexemes as Postgres makes them) and three real-looking titles
+    titles = ["Magic Chef 1.6 cu. ft. Over-the-Range Microwave in White", "Stove Top Cover in Black",
+              "GE 30 in. Electric Range with Stove Guard"]
+    items = [["1.6", "chef", "cu", "ft", "magic", "microwav", "rang", "white"], ["black", "cover", "stove", "top"],
+             ["30", "electr", "ge", "guard", "rang", "stove"]]
+    # when the product-type columns are computed
+    cols = type_columns("microwave over stove", ["microwav", "stove"], titles, items)
+    # then the microwave is the type asked for, the cover only names the stove, the range has it as
+    # a qualifier, and the query's last word ("stove") is in the last two
+    assert list(cols["title_head_in_query"]) == [1.0, 0.0, 0.0]
+    assert list(cols["title_head2_in_query"]) == [1.0, 0.0, 0.0]
+    assert list(cols["query_last_in_item"]) == [0.0, 1.0, 1.0]
+
+
+def test_stems_equal_postgres_english_lexemes_on_real_titles(database_url):
+    # given the words of real Home Depot titles, as the product-type features see them
+    titles = ["Whirlpool 1.9 cu. ft. Over the Range Convection Microwave in Stainless Steel with Sensor Cooking",
+              "Lithonia Lighting Quantum 2-Light Black LED Emergency Fixture Unit",
+              "Toro Personal Pace Recycler 22 in. Variable Speed Self-Propelled Gas Lawn Mower with Briggs",
+              "Nantucket Pavers Patio-on-a-Pallet 10 ft. x 10 ft. Concrete Tan Variegated Basketweave Yorkstone Paver",
+              "Samsung 4.2 cu. ft. Front Load Washer with Steam in White, ENERGY STAR batteries shelves faucets"]
+    words = sorted({w for t in titles for w in re.findall(r"[a-z]{3,}", t.lower())})
+    # when Postgres makes their lexemes ('english', as the lexical index)
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT w, tsvector_to_array(to_tsvector('english', w)) FROM unnest(%s::text[]) w",
+                            (words,)).fetchall()
+    # then every word that is not a stop word stems the same in Python
+    lexemes = {w: a[0] for w, a in rows if a}
+    assert len(lexemes) >= 45
+    assert {w: stem(w) for w in lexemes} == lexemes
