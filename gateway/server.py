@@ -1,6 +1,6 @@
 """The gateway's gRPC server: the Aisle service, the standard health service and reflection on
-one grpc.aio server, behind interceptors for request ids and logs, metrics, the per-client rate
-limit, API keys and malformed requests (outermost first), with the message-size and
+one grpc.aio server, behind interceptors for the stop's drain (gateway/drain.py), request ids
+and logs, metrics, the per-client rate limit, API keys and malformed requests (outermost first), with the message-size and
 concurrent-stream limits of the settings and, when configured, TLS or mTLS on its port.
 
     server, port = await create_server("0.0.0.0:50051", settings)
