@@ -7,10 +7,10 @@ long ago it was sent (grpc/grpc#41785, open). Clients don't retry CANCELLED, so 
 under load drops calls the gateway had received.
 
 :class:`ShutdownDrain` closes that gap. Before the core stops, :meth:`take_queued_calls` holds
-new calls at the door (handlers start no new work, so the loop turns fast and closed-loop
-clients send nothing more) until no call has come in for a while: the core's queue is empty.
-The server then stops (new connections and calls are refused), and :meth:`open` lets the held
-calls through to be answered within the grace period.
+new calls at the door and finished calls' answers (handlers start no new work, so the loop
+turns fast, and callers waiting for an answer send nothing more) until no call has come in for
+a while: the core's queue is empty. The server then stops (new connections and calls are
+refused), and :meth:`open` lets the held calls and answers go, within the grace period.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ UNHELD_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.")
 
 class ShutdownDrain(grpc.aio.ServerInterceptor):
     """Counts the calls the server takes and, while draining, holds them before their handler
-    (outermost interceptor, so a held call has done no work)."""
+    (outermost interceptor, so a held call has done no work) and holds answers after it."""
 
     def __init__(self) -> None:
         self.taken = 0
@@ -59,7 +59,13 @@ class ShutdownDrain(grpc.aio.ServerInterceptor):
             async def held(request, context):
                 if not self._open.is_set():
                     await self._open.wait()
-                return await behavior(request, context)
+                response = await behavior(request, context)
+                # A caller answered during the drain sends its next call at once, and the core's
+                # queue never empties; answered after the core stops, its next call gets a clean
+                # UNAVAILABLE (which clients retry elsewhere) instead of CANCELLED.
+                if not self._open.is_set():
+                    await self._open.wait()
+                return response
 
             return held
 
