@@ -99,7 +99,7 @@ words = st.sampled_from(["a", "b", "c", "d", "e"])
     k=st.integers(1, 15),
 )
 # Documents 1 and 3 tie exactly (tf 1 in length 1, tf 3 in length 5): the index's float32 scores
-# may order them either way (found by CI's run, 2026-12-06).
+# may order them either way (found by a `make test` run, 2026-12-06).
 @example(docs=[[], [("a", 1)], [("a", 2), ("b", 4)], [("a", 3), ("b", 2)]], query=["a"], k=1)
 def test_matches_the_textbook_formula(docs, query, k):
     catalog = []
