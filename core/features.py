@@ -54,7 +54,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "max_missing_idf",  # IDF of the rarest query lexeme the item lacks, 0 when it lacks none
     "missing_terms",  # how many of the query's lexemes the item lacks
     "query_last_in_item",  # the query's last word (usually what it wants) is among the item's lexemes
-    "title_head_in_query",  # the title's head (its product type, see title_words) is in the query
+    "title_head_in_query",  # the title's head (its product type, see title_head) is in the query
     "title_head2_in_query",  # either of the head's last two words is in the query
 )
 N_FEATURES = len(FEATURE_NAMES)

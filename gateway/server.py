@@ -29,7 +29,7 @@ from core import logs
 from core.settings import Settings, get_settings
 from gateway import metrics
 from gateway.auth import ApiKeyInterceptor, ApiKeys, service_of
-from gateway.drain import MAX_DRAIN_S, ShutdownDrain
+from gateway.drain import ShutdownDrain
 from gateway.guards import DecodeInterceptor, RateLimiter, RateLimitInterceptor
 from gateway.pagination import PageTokens
 from gateway.protos.aisle.v1 import aisle_pb2, aisle_pb2_grpc
@@ -155,13 +155,7 @@ class GatewayServer:
             await self.health.enter_graceful_shutdown()
             if self._readiness is not None:
                 self._readiness.cancel()
-            if grace:
-                grace = max(grace - await self.drain.take_queued_calls(min(MAX_DRAIN_S, grace / 2)), 0.0)
-            stopping = asyncio.create_task(self.server.stop(grace))
-            # The core stops taking calls in the stop's first step; the held ones go on after it.
-            await asyncio.sleep(0)
-            self.drain.open()
-            await stopping
+            await self.drain.stop_server(self.server, grace)
             if self._owns_engine:
                 try:
                     await asyncio.wait_for(self.engine.close(), ENGINE_CLOSE_S)

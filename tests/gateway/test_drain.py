@@ -20,6 +20,14 @@ LOAD_S = 1.5
 GRACE_S = 5.0
 
 
+async def started_busy_server() -> tuple[grpc.aio.Server, ShutdownDrain, int]:
+    drain = ShutdownDrain()
+    server = busy_server(drain)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, drain, port
+
+
 def busy_server(drain: ShutdownDrain) -> grpc.aio.Server:
     async def echo(request, context):
         time.sleep(CPU_STEP_S)  # CPU work that holds the loop, like feature computation
@@ -71,19 +79,12 @@ class Callers:
 def test_given_calls_queued_in_the_core_when_the_server_stops_after_the_drain_then_every_call_sent_before_is_answered():
     async def scenario():
         # Given a busy server with calls queued in gRPC's core
-        drain = ShutdownDrain()
-        server = busy_server(drain)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
+        server, drain, port = await started_busy_server()
         with Callers(port) as callers:
             await asyncio.sleep(LOAD_S)
             # When it takes the queued calls, then stops, then lets the held calls through
             t_stop = time.monotonic()
-            spent = await drain.take_queued_calls()
-            stopping = asyncio.create_task(server.stop(GRACE_S))
-            await asyncio.sleep(0)
-            drain.open()
-            await stopping
+            spent = await drain.stop_server(server, GRACE_S)
         return t_stop, spent, callers.calls
 
     t_stop, spent, calls = asyncio.run(scenario())
@@ -101,10 +102,7 @@ def test_given_calls_queued_in_the_core_when_the_server_stops_after_the_drain_th
 def test_given_callers_that_never_stop_sending_when_draining_then_the_drain_ends_at_its_limit_and_held_calls_are_answered():
     async def scenario():
         # Given a server and a caller that sends a new call every 5 ms without waiting for any
-        drain = ShutdownDrain()
-        server = busy_server(drain)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
+        server, drain, port = await started_busy_server()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             echo = channel.unary_unary(METHOD)
             sent: list[asyncio.Task] = []
@@ -117,12 +115,10 @@ def test_given_callers_that_never_stop_sending_when_draining_then_the_drain_ends
             sender = asyncio.create_task(keep_sending())
             await asyncio.sleep(0.2)
             # When the drain runs with a 0.2 s limit
-            spent = await drain.take_queued_calls(max_s=0.2)
-            stopping = asyncio.create_task(server.stop(GRACE_S))
-            await asyncio.sleep(0)
-            drain.open()
-            sender.cancel()
-            await stopping
+            try:
+                spent = await drain.stop_server(server, GRACE_S, max_drain_s=0.2)
+            finally:
+                sender.cancel()
             outcomes = await asyncio.gather(*sent, return_exceptions=True)
         return spent, outcomes
 
