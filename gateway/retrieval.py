@@ -19,6 +19,13 @@ from gateway.model import Filters
 
 
 @dataclass(frozen=True)
+class CoOccurring:
+    item_id: int
+    one_hop: float  # summed anchor weight x edge weight to the item
+    two_hop: float  # the same through the strongest one-hop neighbours
+
+
+@dataclass(frozen=True)
 class Scored:
     item_id: int
     score: float
@@ -261,6 +268,47 @@ LEFT JOIN item_stats s ON s.item_id = i.id
 WHERE i.id = ANY(%(ids)s) {where}
 """
 _FIXED_COLUMNS = 10
+
+
+# Co-occurrence around the anchors (recent items, recency-weighted), one hop and two: rows of
+# (item, one-hop weight, two-hop weight), best by one hop + alpha x two hops. Edges count in
+# both directions: an item bought just *before* a recent one is as telling as one bought after
+# it (offline, directed co-occurrence scored 11 % below symmetric; docs/models.md). Each hop is
+# two index-driven halves: an OR of the directions defeats the indexes.
+_CO_OCCURRENCE_SQL = """
+WITH a AS (
+    SELECT n.id AS node, r.rw FROM unnest(%(a)s::bigint[], %(rw)s::float8[]) r(item_id, rw)
+    JOIN kg_nodes n ON n.item_id = r.item_id),
+h1 AS (
+    SELECT node, sum(w) AS w FROM (
+        SELECT e.dst AS node, e.weight * a.rw AS w FROM a JOIN kg_edges e ON e.src = a.node AND e.kind = 'co_occurrence'
+        UNION ALL
+        SELECT e.src, e.weight * a.rw FROM a JOIN kg_edges e ON e.dst = a.node AND e.kind = 'co_occurrence'
+    ) x GROUP BY node),
+top AS (SELECT node, w FROM h1 ORDER BY w DESC, node LIMIT %(expand)s),
+h2 AS (
+    SELECT node, sum(w) AS w FROM (
+        SELECT e.dst AS node, e.weight * t.w AS w FROM top t JOIN kg_edges e ON e.src = t.node AND e.kind = 'co_occurrence'
+        UNION ALL
+        SELECT e.src, e.weight * t.w FROM top t JOIN kg_edges e ON e.dst = t.node AND e.kind = 'co_occurrence'
+    ) x GROUP BY node)
+SELECT n.item_id, coalesce(h1.w, 0) AS one, coalesce(h2.w, 0) AS two
+FROM h1 FULL JOIN h2 USING (node) JOIN kg_nodes n ON n.id = node
+ORDER BY coalesce(h1.w, 0) + %(alpha)s * coalesce(h2.w, 0) DESC, n.item_id LIMIT %(n)s
+"""
+
+
+async def co_occurrence(
+    conn: psycopg.AsyncConnection, anchors: list[int], weights: list[float], expand: int, alpha: float, n: int
+) -> list[CoOccurring]:
+    """Items co-occurring with the weighted ``anchors``, one hop and through the ``expand``
+    strongest one-hop neighbours, best ``n`` by one hop + ``alpha`` x two hops first."""
+    if not anchors:
+        return []
+    rows = await (await conn.execute(
+        _CO_OCCURRENCE_SQL, {"a": anchors, "rw": weights, "expand": expand, "alpha": alpha, "n": n}
+    )).fetchall()
+    return [CoOccurring(int(i), float(one), float(two)) for i, one, two in rows]
 
 
 async def item_facts(

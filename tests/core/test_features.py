@@ -6,12 +6,23 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.features import LexiconStats, lexical_columns, stem, text_columns, title_head, type_columns
+from core.features import (
+    BLEND_SIM_WEIGHT,
+    LexiconStats,
+    blend_column,
+    brand_share_column,
+    lexical_columns,
+    stem,
+    text_columns,
+    title_head,
+    type_columns,
+)
 
 
 def by_sets(query: str, title: str) -> tuple[float, float, float]:
@@ -124,3 +135,28 @@ def test_stems_equal_postgres_english_lexemes_on_real_titles(database_url):
     lexemes = {w: a[0] for w, a in rows if a}
     assert len(lexemes) >= 45
     assert {w: stem(w) for w in lexemes} == lexemes
+
+
+def test_blend_score_is_the_blend_baselines_score():
+    # given raw co-occurrence both ways and cosines to the last item
+    forward = np.array([2.0, 0.0, 1.0], dtype=np.float32)
+    backward = np.array([2.0, 1.0, 0.0], dtype=np.float32)
+    sim_last = np.array([0.1, 0.8, 0.4], dtype=np.float32)
+    # when blended
+    blend = blend_column(forward, backward, sim_last)
+    # then co-occurrence is scaled to the pool's best (4) and the cosine added at the baseline's weight
+    expected = np.array([1.0, 0.25, 0.25]) + BLEND_SIM_WEIGHT * sim_last
+    assert np.allclose(blend, expected)
+    # and without any co-occurrence only the cosine remains
+    assert np.allclose(blend_column(np.zeros(3), np.zeros(3), sim_last), BLEND_SIM_WEIGHT * sim_last)
+
+
+def test_brand_share_counts_recent_items_of_the_same_brand_case_blind():
+    # given four recent items, two of them by one brand and one without a brand
+    recent = ["3M", "3m", "Loctite", None]
+    # when candidates by that brand, another brand, an unseen one and none are scored
+    share = brand_share_column(["3M", "LOCTITE", "Gorilla", None], recent)
+    # then each gets the share of the recent items carrying its brand
+    assert share.tolist() == [0.5, 0.25, 0.0, 0.0]
+    # and with no branded recent item every share is 0
+    assert brand_share_column(["3M"], [None]).tolist() == [0.0]

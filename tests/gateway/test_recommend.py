@@ -19,7 +19,7 @@ def test_recommend_answers_k_items_the_user_has_not_bought(client, catalog):
     assert len(ids) == 10 and len(set(ids)) == 10
     assert set(ids).isdisjoint(catalog.user_items)
     # each explained by the candidate sources that proposed it
-    sources = {"profile", "last_item", "cooccurrence", "popular_category"}
+    sources = {"profile", "last_item", "cooccurrence", "two_hop", "popular_category"}
     for item in response.items:
         assert {r.name for r in item.explanation.retrievers} <= sources
         assert item.explanation.retrievers, item.id
