@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -136,12 +137,9 @@ def brand_share_column(brands: list[str | None], recent_brands: list[str | None]
     """For each candidate, the share of the recent items that carry its brand (0 without one).
     Offline on the Scientific histories, brand share alone moved the blend from 0.0955 to
     0.0979 NDCG@10, and a ranker without it lost 2 % (docs/models.md)."""
-    known = [b.lower() for b in recent_brands if b]
-    if not known:
+    counts = Counter(b.lower() for b in recent_brands if b)
+    if not counts:
         return np.zeros(len(brands), dtype=np.float32)
-    counts: dict[str, int] = {}
-    for b in known:
-        counts[b] = counts.get(b, 0) + 1
     total = len(recent_brands)
     return np.fromiter(((counts.get(b.lower(), 0) / total) if b else 0.0 for b in brands), dtype=np.float32, count=len(brands))
 

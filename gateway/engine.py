@@ -69,7 +69,6 @@ from gateway.spelling import QueryCorrector, expand
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-
 # Candidates per retriever. Share of relevant Home Depot dev products in the pool (1,000
 # queries, base encoder): 200 dense + 200 full-text 0.877, 400 + 400 0.911; 300 + 300 keeps most
 # of that gain at three quarters of the ranker's work. With the query-side encoder 200 dense
@@ -716,7 +715,7 @@ class Engine:
                 # ranker's most used features (docs/models.md). 300 x 10 dot products.
                 signals.columns["sim_recent_max"] = (facts.embeddings @ anchor_vecs.T).max(axis=1).astype(np.float32)
             signals.columns["history_length"] = np.full(
-                len(facts.ids), np.log1p(len(user.history | set(context))), dtype=np.float32
+                len(facts.ids), np.log1p(len(pool.exclude)), dtype=np.float32
             )
             if len(anchor_facts.ids):
                 anchor_cats = set(anchor_facts.categories)
@@ -757,7 +756,7 @@ class Engine:
         async def cooc():
             async with self.connection() as conn:
                 return await retrieval.co_occurrence(
-                    conn, anchors, [1.0 / (1 + pos) for pos in range(len(anchors))],
+                    conn, anchors, _recency_weights(anchors),
                     TWO_HOP_EXPAND, TWO_HOP_WEIGHT, RECOMMEND_TWO_HOP,
                 )
 
@@ -819,7 +818,7 @@ class Engine:
             {"a": anchors, "c": ids},
         )).fetchall()
         index = {i: k for k, i in enumerate(ids)}
-        recency = {a: 1.0 / (1 + pos) for pos, a in enumerate(anchors)}
+        recency = dict(zip(anchors, _recency_weights(anchors)))
         for src, dst, w in rows:
             if src in recency and dst in index:
                 out["cooc_recent"][index[dst]] += w * recency[src]
@@ -896,6 +895,11 @@ class Engine:
                     "INSERT INTO events (user_id, item_id, type, occurred_at) VALUES (%s, %s, %s, now())",
                     (user[0], row[0], event_type),
                 )
+
+
+def _recency_weights(anchors: list) -> list[float]:
+    """Weights of the recent items, most recent first, in co-occurrence sources and features."""
+    return [1.0 / (1 + pos) for pos in range(len(anchors))]
 
 
 def _mean_unit(vectors: np.ndarray) -> np.ndarray:
