@@ -28,6 +28,7 @@ import numpy as np
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from core.cpu import one_blas_thread
 from core.db import configure_async
 from core.embeddings import EmbeddingModel, index_name
 from core.features import (
@@ -46,6 +47,7 @@ from core.profiles import Event, Profile, category_affinity, fold
 from core.settings import Settings
 from core.triton import AsyncTritonClient, TritonError, TritonInputError
 from gateway import retrieval
+from gateway.cooccurrence import CoOccurrenceGraph, Neighbourhood
 from gateway.fusion import mmr, rank_positions, reciprocal_rank_fusion
 from gateway.lexical_index import LexicalIndex
 from gateway.model import (
@@ -118,6 +120,9 @@ LEXICON_TTL_S = 600.0
 # item is searchable by its words this long after it commits), and how far before that build's
 # snapshot it looks: a load transaction stamps updated_at when it starts, not when it commits.
 LEXICAL_POLL_S = 5.0
+# How often Recommend looks for a newer co-occurrence graph (one indexed max() over job_runs);
+# beat rebuilds the graph at most every few minutes, so a rebuild shows within seconds.
+GRAPH_POLL_S = 5.0
 CHANGE_MARGIN_S = 120.0
 # Changed items the overlay takes before a full rebuild is cheaper: the overlay is rebuilt at
 # every poll, ~0.1 s per 5,000 items; the base from all 59k items takes ~2 s.
@@ -248,12 +253,17 @@ class Engine:
         self._lexicon: Lexicon | None = None
         self._query_models: dict[str, tuple[float, str]] = {}
         self._lexicon_load: asyncio.Task | None = None
+        self._graph: CoOccurrenceGraph | None = None
+        self._graph_polled_at = 0.0
+        self._graph_load: asyncio.Task | None = None
         self.ranker_version = "ranker@1"
 
     @classmethod
     async def create(cls, settings: Settings) -> Engine:
         if not settings.database_url or not settings.triton_url:
             raise ValueError("the gateway needs AISLE_DATABASE_URL and AISLE_TRITON_URL")
+        # Spinning BLAS threads cost more CPU than the engine's own work (core/cpu.py).
+        one_blas_thread()
         pool = AsyncConnectionPool(
             settings.database_url, min_size=2, max_size=settings.db_pool_size, configure=configure_async,
             open=False, kwargs={"autocommit": True},
@@ -262,8 +272,9 @@ class Engine:
         return cls(settings, pool, AsyncTritonClient(settings.triton_url, settings.triton_timeout_s))
 
     async def close(self) -> None:
-        if self._lexicon_load is not None:
-            self._lexicon_load.cancel()
+        for task in (self._lexicon_load, self._graph_load):
+            if task is not None:
+                task.cancel()
         await self.pool.close()
         await self.triton.close()
 
@@ -383,12 +394,39 @@ class Engine:
         self._lexicon = replace(current, polled_at=started, index=index, stamps=stamps, changed=changed)
         return self._lexicon
 
+    async def co_occurrence_graph(self) -> CoOccurrenceGraph:
+        """Item co-occurrence in memory (gateway/cooccurrence.py), reloaded after each graph
+        rebuild: the latest finished run is looked up every GRAPH_POLL_S, in a task of its own
+        (as the lexicon's loads), while the current graph keeps serving."""
+        now = time.monotonic()
+        current = self._graph
+        if current is not None and now - self._graph_polled_at < GRAPH_POLL_S:
+            return current
+        if self._graph_load is None or self._graph_load.done():
+            self._graph_polled_at = now
+            self._graph_load = asyncio.create_task(self._load_graph(current))
+            self._graph_load.add_done_callback(_note_graph_failure)
+        if current is not None:
+            return current
+        return await asyncio.shield(self._graph_load)
+
+    async def _load_graph(self, current: CoOccurrenceGraph | None) -> CoOccurrenceGraph:
+        async with self.connection(timeout_s=POOL_WAIT_S) as conn:
+            version = await retrieval.co_occurrence_version(conn)
+            if current is not None and version == current.version:
+                return current
+            edges = await retrieval.co_occurrence_edges(conn)
+        # ~0.1 s for the 146k Scientific edges: off the event loop.
+        self._graph = await asyncio.to_thread(CoOccurrenceGraph, *edges, version)
+        return self._graph
+
     async def ready(self) -> bool:
-        """An active embedding model, the lexicon loaded (so the first searches do not wait for
-        it) and Triton ready."""
+        """An active embedding model, the lexicon and the co-occurrence graph loaded (so the
+        first calls do not wait for them) and Triton ready."""
         try:
             await self.active_model()
             await self.lexicon()
+            await self.co_occurrence_graph()
         except Unavailable:
             return False
         return await self.triton.ready()
@@ -614,26 +652,32 @@ class Engine:
 
     async def user_state(self, external_id: str, model: EmbeddingModel) -> UserState:
         """The stored profile with every event since its watermark folded in (read-your-writes)."""
+        # Two round trips, not four: each costs the gateway ~0.3 ms of CPU in psycopg and the
+        # event loop (py-spy). Embeddings and categories come only for the events the stored
+        # profile has not folded yet; for a refreshed user that is none.
         async with self.connection() as conn:
-            row = await (await conn.execute("SELECT id FROM users WHERE external_id = %s", (external_id,))).fetchone()
+            row = await (await conn.execute(
+                "SELECT u.id, p.profile, p.weight, p.category_affinity, p.as_of, p.last_event_id "
+                "FROM users u LEFT JOIN user_profiles p ON p.user_id = u.id AND p.model_version = %s "
+                "WHERE u.external_id = %s",
+                (model.version, external_id),
+                binary=True,
+            )).fetchone()
             if row is None:
                 return UserState(None, None, set(), [])
             user_id = row[0]
-            prow = await (await conn.execute(
-                "SELECT profile, weight, category_affinity, as_of, last_event_id FROM user_profiles "
-                "WHERE user_id = %s AND model_version = %s",
-                (user_id, model.version),
-            )).fetchone()
-            profile = Profile(prow[0].astype(np.float64), prow[1], dict(prow[2]), prow[3], prow[4]) if prow else None
+            profile = Profile(row[1].astype(np.float64), row[2], dict(row[3]), row[4], row[5]) if row[1] is not None else None
             events = await (await conn.execute(
-                "SELECT e.id, e.item_id, e.type::text, e.occurred_at, ie.embedding, i.category_path, "
-                "e.id > %(watermark)s AS unfolded "
-                "FROM events e JOIN items i ON i.id = e.item_id "
+                "SELECT e.id, e.item_id, e.type::text, e.occurred_at, vector_send(ie.embedding), i.category_path, "
+                "e.id > %(watermark)s AS unfolded, now() "
+                "FROM events e "
+                "LEFT JOIN items i ON i.id = e.item_id AND e.id > %(watermark)s "
                 "LEFT JOIN item_embeddings ie ON ie.item_id = e.item_id AND ie.model_version = %(version)s "
+                " AND e.id > %(watermark)s "
                 "WHERE e.user_id = %(user)s ORDER BY e.occurred_at DESC, e.id DESC",
                 {"user": user_id, "version": model.version, "watermark": profile.last_event_id if profile else 0},
+                binary=True,
             )).fetchall()
-            now = (await (await conn.execute("SELECT now()")).fetchone())[0]
         history = {r[1] for r in events}
         recent: list[int] = []
         for r in events:
@@ -641,12 +685,13 @@ class Engine:
                 recent.append(r[1])
             if len(recent) >= RECENT_ITEMS:
                 break
-        unfolded = [
-            Event(r[0], r[1], r[2], r[3], r[4], tuple(r[5] or ())) for r in reversed(events) if r[6] and r[4] is not None
-        ]
+        unfolded = [r for r in reversed(events) if r[6] and r[4] is not None]
         if unfolded:
+            vectors = retrieval.stack_vectors([r[4] for r in unfolded], model.dim)
             profile = fold(
-                profile, unfolded, self.settings.event_weights, self.settings.event_half_life_days * 86400, now, model.dim
+                profile,
+                [Event(r[0], r[1], r[2], r[3], v, tuple(r[5] or ())) for r, v in zip(unfolded, vectors)],
+                self.settings.event_weights, self.settings.event_half_life_days * 86400, unfolded[0][7], model.dim,
             )
         return UserState(user_id, profile, history, recent)
 
@@ -702,7 +747,7 @@ class Engine:
                      "last": anchor_vecs[0] if len(anchor_vecs) else None},
                     with_embeddings=True,
                 )
-                cooc, forward, backward = await self._cooccurrence(conn, anchors, facts.ids)
+            cooc, forward, backward = await self._cooccurrence(anchors, facts.ids)
             signals = self._signals(False, facts, lists, {}, user, {})
             signals.columns.update(cooc)
             sim_last = facts.sims.get("last", np.zeros(len(facts.ids), dtype=np.float32))
@@ -754,11 +799,8 @@ class Engine:
         nearest = (profile_vec is not None or last_vec is not None) and await self._nearest_searchable(filters, reasons)
 
         async def cooc():
-            async with self.connection() as conn:
-                return await retrieval.co_occurrence(
-                    conn, anchors, _recency_weights(anchors),
-                    TWO_HOP_EXPAND, TWO_HOP_WEIGHT, RECOMMEND_TWO_HOP,
-                )
+            graph = await self.co_occurrence_graph()
+            return graph.expand(anchors, _recency_weights(anchors), TWO_HOP_EXPAND, TWO_HOP_WEIGHT, RECOMMEND_TWO_HOP)
 
         async def popular_in_categories():
             cats = set()
@@ -780,53 +822,35 @@ class Engine:
                 )).fetchall()
             return [r[0] for r in rows]
 
-        profile_hits, last_hits, cooc_rows, popular_ids = await asyncio.gather(
+        profile_hits, last_hits, around, popular_ids = await asyncio.gather(
             optional("profile similarity", by_vector(profile_vec), optional_until, reasons, []),
             optional("last-item similarity", by_vector(last_vec), optional_until, reasons, []),
-            optional("co-occurrence", cooc(), optional_until, reasons, []),
+            optional("co-occurrence", cooc(), optional_until, reasons, Neighbourhood.empty()),
             optional("popular in category", popular_in_categories(), optional_until, reasons, []),
         )
-        one_hop = sorted((r for r in cooc_rows if r.one_hop > 0), key=lambda r: (-r.one_hop, r.item_id))[:RECOMMEND_COOC]
+        reached = np.flatnonzero(around.one_hop > 0)
+        one_hop = reached[np.lexsort((around.item_ids[reached], -around.one_hop[reached]))][:RECOMMEND_COOC]
         lists = {
             "profile": [h.item_id for h in profile_hits],
             "last_item": [h.item_id for h in last_hits],
-            "cooccurrence": [r.item_id for r in one_hop],
-            "two_hop": [r.item_id for r in cooc_rows],
+            "cooccurrence": around.item_ids[one_hop].tolist(),
+            "two_hop": around.item_ids.tolist(),
             "popular_category": popular_ids,
         }
-        two_hop = {r.item_id: r.two_hop for r in cooc_rows}
+        two_hop = dict(zip(lists["two_hop"], around.two_hop.tolist()))
         return {k: [i for i in v if i not in exclude] for k, v in lists.items() if v}, anchor_facts, anchor_vecs, two_hop
 
-    async def _cooccurrence(self, conn, anchors: list[int], ids: list[int]):
+    async def _cooccurrence(self, anchors: list[int], ids: list[int]):
         """The co-occurrence features (log1p), and the raw recency-weighted weights from the
         recent items to each candidate and back (for blend_score)."""
-        n = len(ids)
-        out = {name: np.zeros(n, dtype=np.float32) for name in ("cooc_last", "cooc_recent", "cooc_reverse")}
-        if not anchors or not ids:
-            return out, out["cooc_recent"], out["cooc_reverse"]
-        # Two index-driven directions (an OR of both defeated the indexes: 100+ ms).
-        rows = await (await conn.execute(
-            "SELECT na.item_id, nb.item_id, e.weight FROM kg_nodes na "
-            "JOIN kg_edges e ON e.src = na.id AND e.kind = 'co_occurrence' "
-            "JOIN kg_nodes nb ON nb.id = e.dst "
-            "WHERE na.item_id = ANY(%(a)s) AND nb.item_id = ANY(%(c)s) "
-            "UNION ALL "
-            "SELECT na.item_id, nb.item_id, e.weight FROM kg_nodes nb "
-            "JOIN kg_edges e ON e.dst = nb.id AND e.kind = 'co_occurrence' "
-            "JOIN kg_nodes na ON na.id = e.src "
-            "WHERE nb.item_id = ANY(%(a)s) AND na.item_id = ANY(%(c)s)",
-            {"a": anchors, "c": ids},
-        )).fetchall()
-        index = {i: k for k, i in enumerate(ids)}
-        recency = dict(zip(anchors, _recency_weights(anchors)))
-        for src, dst, w in rows:
-            if src in recency and dst in index:
-                out["cooc_recent"][index[dst]] += w * recency[src]
-                if src == anchors[0]:
-                    out["cooc_last"][index[dst]] += w
-            if dst in recency and src in index:
-                out["cooc_reverse"][index[src]] += w * recency[dst]
-        return {k: np.log1p(v) for k, v in out.items()}, out["cooc_recent"], out["cooc_reverse"]
+        graph = await self.co_occurrence_graph()
+        w = graph.anchor_weights(anchors, _recency_weights(anchors), ids)
+        columns = {"cooc_last": w.last, "cooc_recent": w.recent, "cooc_reverse": w.reverse}
+        return (
+            {k: np.log1p(v).astype(np.float32) for k, v in columns.items()},
+            w.recent.astype(np.float32),
+            w.reverse.astype(np.float32),
+        )
 
     async def _popular(self, model, q: RecommendQuery, exclude: set[int]) -> list[Hit]:
         """Cold start: trending items (in the context items' categories when given)."""
@@ -911,6 +935,11 @@ def _mean_unit(vectors: np.ndarray) -> np.ndarray:
 def _note_lexicon_failure(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("lexicon load failed (the next search retries): %s", task.exception())
+
+
+def _note_graph_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("co-occurrence graph load failed (the next Recommend retries): %s", task.exception())
 
 
 def _short(exc: BaseException) -> str:

@@ -19,13 +19,6 @@ from gateway.model import Filters
 
 
 @dataclass(frozen=True)
-class CoOccurring:
-    item_id: int
-    one_hop: float  # summed anchor weight x edge weight to the item
-    two_hop: float  # the same through the strongest one-hop neighbours
-
-
-@dataclass(frozen=True)
 class Scored:
     item_id: int
     score: float
@@ -275,40 +268,27 @@ _FIXED_COLUMNS = 10
 # both directions: an item bought just *before* a recent one is as telling as one bought after
 # it (offline, directed co-occurrence scored 11 % below symmetric; docs/models.md). Each hop is
 # two index-driven halves: an OR of the directions defeats the indexes.
-_CO_OCCURRENCE_SQL = """
-WITH a AS (
-    SELECT n.id AS node, r.rw FROM unnest(%(a)s::bigint[], %(rw)s::float8[]) r(item_id, rw)
-    JOIN kg_nodes n ON n.item_id = r.item_id),
-h1 AS (
-    SELECT node, sum(w) AS w FROM (
-        SELECT e.dst AS node, e.weight * a.rw AS w FROM a JOIN kg_edges e ON e.src = a.node AND e.kind = 'co_occurrence'
-        UNION ALL
-        SELECT e.src, e.weight * a.rw FROM a JOIN kg_edges e ON e.dst = a.node AND e.kind = 'co_occurrence'
-    ) x GROUP BY node),
-top AS (SELECT node, w FROM h1 ORDER BY w DESC, node LIMIT %(expand)s),
-h2 AS (
-    SELECT node, sum(w) AS w FROM (
-        SELECT e.dst AS node, e.weight * t.w AS w FROM top t JOIN kg_edges e ON e.src = t.node AND e.kind = 'co_occurrence'
-        UNION ALL
-        SELECT e.src, e.weight * t.w FROM top t JOIN kg_edges e ON e.dst = t.node AND e.kind = 'co_occurrence'
-    ) x GROUP BY node)
-SELECT n.item_id, coalesce(h1.w, 0) AS one, coalesce(h2.w, 0) AS two
-FROM h1 FULL JOIN h2 USING (node) JOIN kg_nodes n ON n.id = node
-ORDER BY coalesce(h1.w, 0) + %(alpha)s * coalesce(h2.w, 0) DESC, n.item_id LIMIT %(n)s
-"""
+async def co_occurrence_version(conn: psycopg.AsyncConnection) -> int | None:
+    """Which graph rebuild the co-occurrence edges come from: the last finished run of the
+    graph job (its edges change in that job's transaction and nowhere else)."""
+    row = await (await conn.execute(
+        "SELECT max(id) FROM job_runs WHERE job = 'graph' AND finished_at IS NOT NULL"
+    )).fetchone()
+    return row[0]
 
 
-async def co_occurrence(
-    conn: psycopg.AsyncConnection, anchors: list[int], weights: list[float], expand: int, alpha: float, n: int
-) -> list[CoOccurring]:
-    """Items co-occurring with the weighted ``anchors``, one hop and through the ``expand``
-    strongest one-hop neighbours, best ``n`` by one hop + ``alpha`` x two hops first."""
-    if not anchors:
-        return []
+async def co_occurrence_edges(conn: psycopg.AsyncConnection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every co-occurrence edge as (source item, target item, weight) arrays."""
     rows = await (await conn.execute(
-        _CO_OCCURRENCE_SQL, {"a": anchors, "rw": weights, "expand": expand, "alpha": alpha, "n": n}
+        "SELECT na.item_id, nb.item_id, e.weight FROM kg_edges e "
+        "JOIN kg_nodes na ON na.id = e.src JOIN kg_nodes nb ON nb.id = e.dst "
+        "WHERE e.kind = 'co_occurrence'",
+        binary=True,
     )).fetchall()
-    return [CoOccurring(int(i), float(one), float(two)) for i, one, two in rows]
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    src, dst, weight = zip(*rows)
+    return np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64), np.array(weight, dtype=np.float32)
 
 
 async def item_facts(
@@ -334,7 +314,7 @@ async def item_facts(
         params[f"v_{name}"] = np.asarray(vec, dtype=np.float32)
     query = sql.SQL(_FACTS).format(
         sims=sims,
-        embedding=sql.SQL(", e.embedding") if with_embeddings else sql.SQL(""),
+        embedding=sql.SQL(", vector_send(e.embedding)") if with_embeddings else sql.SQL(""),
         version=sql.Literal(model.version),
         where=where,
     )
@@ -363,12 +343,23 @@ async def item_facts(
         sims={name: col(_FIXED_COLUMNS + k) for k, name in enumerate(vectors)},
     )
     if with_embeddings:
-        emb = np.zeros((n, model.dim), dtype=np.float32)
-        for k, r in enumerate(rows):
-            if r[-1] is not None:
-                emb[k] = r[-1]
-        facts.embeddings = emb
+        facts.embeddings = stack_vectors([r[-1] for r in rows], model.dim)
     return facts
+
+
+def stack_vectors(sent: list[bytes | None], dim: int) -> np.ndarray:
+    """pgvector's binary form (``vector_send``: uint16 dimension, uint16 unused, big-endian
+    float32s) of many rows decoded in one numpy call; a missing vector stays zeros. Decoding
+    each row through a psycopg loader was a fifth of Recommend's CPU in item_facts (py-spy,
+    2026-12-06)."""
+    out = np.zeros((len(sent), dim), dtype=np.float32)
+    present = [k for k, b in enumerate(sent) if b is not None]
+    if present:
+        block = b"".join(sent[k] for k in present)
+        if len(block) != len(present) * (4 + 4 * dim):
+            raise ValueError(f"stored embeddings are not all {dim}-dimensional")
+        out[present] = np.frombuffer(block, dtype=">f4").reshape(len(present), 1 + dim)[:, 1:]
+    return out
 
 
 async def vocabulary(conn: psycopg.AsyncConnection) -> dict[str, int]:
