@@ -8,9 +8,11 @@ them into the float32 feature matrix, columns in :data:`FEATURE_NAMES` order.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -327,6 +329,17 @@ def title_head(title: str) -> tuple[str, ...]:
     """The stems of a title's last two words before the first " in ", " with ", " for ",
     " - ", "," or "(": its product type, last word last."""
     return tuple(stem(w) for w in _WORD.findall(_HEAD_END.split(title.lower(), maxsplit=1)[0])[-2:])
+
+
+def warm_title_caches(titles: Iterable[str]) -> None:
+    """Fill the per-title caches (normalised text, product-type head) ahead of the searches.
+    Every gateway starts with them empty, and until its candidates repeated each search paid
+    for its 300 titles: in-process, 300 Home Depot queries after 30 of warm-up, the engine
+    used 14.4 and 13.7 ms of CPU a search cold against 11.4 and 11.3 warmed (2026-12-06).
+    Warming all 59,052 titles takes 0.65-0.8 s, most of it stemming the 15k distinct words."""
+    for title in itertools.islice(titles, TITLE_CACHE):
+        _padded_title(title)
+        title_head(title)
 
 
 def type_columns(query: str, query_lexemes: list[str], titles: list[str], items: list[list[str]]) -> dict[str, np.ndarray]:

@@ -5,7 +5,7 @@ user's recent items, and the co-occurrence features of the pool it ranks. As SQL
 ``kg_edges`` that was two queries and ~10 ms of Postgres CPU a call (the two-hop expansion
 alone p50 8.1 ms), on a machine where Recommend's throughput is set by CPU. The graph changes
 only when the graph job rebuilds it, so the gateway loads it after each rebuild and answers
-both from memory (``Engine.co_occurrence_graph``): a few sparse row sums, well under a
+both from memory (``Engine.graph``): a few sparse row sums, well under a
 millisecond (docs/api.md, "Where a call's CPU goes").
 
 Plain numpy/scipy: nothing here knows Postgres or gRPC.
@@ -48,17 +48,17 @@ class AnchorWeights:
 class CoOccurrenceGraph:
     """Directed weighted edges a -> b (b followed a in some history) over item ids."""
 
-    def __init__(self, src: np.ndarray, dst: np.ndarray, weight: np.ndarray, version: object = None):
+    def __init__(self, src: np.ndarray, dst: np.ndarray, weight: np.ndarray):
         src, dst = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
-        self.version = version
         # Row k is item self.items[k]; ids sorted, so index order is item id order (ties below).
         self.items = np.unique(np.concatenate([src, dst]))
         n = len(self.items)
         rows, cols = np.searchsorted(self.items, src), np.searchsorted(self.items, dst)
         # float64: the sums then match Postgres' float8 sums of the stored float4 weights.
+        # Both directions as rows, 24 bytes an edge (float64 weight + int32 index, twice): 2.2 MB
+        # for the 93,001 Scientific edges; an undirected copy would add a third.
         self.forward = sparse.csr_matrix((np.asarray(weight, dtype=np.float64), (rows, cols)), shape=(n, n))
         self.backward = self.forward.T.tocsr()
-        self.both = (self.forward + self.backward).tocsr()
 
     @property
     def edges(self) -> int:
@@ -81,17 +81,20 @@ class CoOccurrenceGraph:
             matrix.indices[at], weights=matrix.data[at] * np.repeat(weights, lengths), minlength=len(self.items)
         )
 
+    def _either_way(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        return self._weighted_rows(self.forward, rows, weights) + self._weighted_rows(self.backward, rows, weights)
+
     def expand(self, anchors: list[int], weights: list[float], expand: int, alpha: float, n: int) -> Neighbourhood:
         """Items around the anchors, either edge direction: one hop = sum of anchor weight x
         edge weight; two hops = the same from the ``expand`` strongest one-hop items, each
         weighted by its one-hop score. The best ``n`` by one hop + ``alpha`` x two hops (ties by
         item id). Anchors come back too, when reachable; the caller excludes what it must."""
         at, found = self._index(anchors)
-        one = self._weighted_rows(self.both, at[found], np.asarray(weights, dtype=np.float64)[found])
+        one = self._either_way(at[found], np.asarray(weights, dtype=np.float64)[found])
         reached = np.flatnonzero(one > 0)
         # Strongest first, lower item id (= lower row) first among equals.
         top = reached[np.lexsort((reached, -one[reached]))][:expand]
-        two = self._weighted_rows(self.both, top, one[top])
+        two = self._either_way(top, one[top])
         hit = np.flatnonzero((one > 0) | (two > 0))
         best = hit[np.lexsort((hit, -(one[hit] + alpha * two[hit])))][:n]
         return Neighbourhood(self.items[best], one[best], two[best])

@@ -268,9 +268,9 @@ _FIXED_COLUMNS = 10
 # both directions: an item bought just *before* a recent one is as telling as one bought after
 # it (offline, directed co-occurrence scored 11 % below symmetric; docs/models.md). Each hop is
 # two index-driven halves: an OR of the directions defeats the indexes.
-async def co_occurrence_version(conn: psycopg.AsyncConnection) -> int | None:
-    """Which graph rebuild the co-occurrence edges come from: the last finished run of the
-    graph job (its edges change in that job's transaction and nowhere else)."""
+async def graph_version(conn: psycopg.AsyncConnection) -> int | None:
+    """Which graph rebuild the graph's edges and the items' popularity come from: the last
+    finished run of the graph job (they change in that job's transaction and nowhere else)."""
     row = await (await conn.execute(
         "SELECT max(id) FROM job_runs WHERE job = 'graph' AND finished_at IS NOT NULL"
     )).fetchone()
@@ -289,6 +289,22 @@ async def co_occurrence_edges(conn: psycopg.AsyncConnection) -> tuple[np.ndarray
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     src, dst, weight = zip(*rows)
     return np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64), np.array(weight, dtype=np.float32)
+
+
+async def category_popularity(conn: psycopg.AsyncConnection) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Every item with popularity figures: its leaf category's label, its id, its popularity."""
+    rows = await (await conn.execute(
+        "SELECT c.label, n.item_id, s.popularity FROM kg_edges e "
+        "JOIN kg_nodes c ON c.id = e.dst AND c.kind = 'category' "
+        "JOIN kg_nodes n ON n.id = e.src JOIN item_stats s ON s.item_id = n.item_id "
+        "WHERE e.kind = 'item_category'",
+        binary=True,
+    )).fetchall()
+    return (
+        [r[0] for r in rows],
+        np.array([r[1] for r in rows], dtype=np.int64),
+        np.array([r[2] for r in rows], dtype=np.float64),
+    )
 
 
 async def item_facts(
@@ -360,6 +376,16 @@ def stack_vectors(sent: list[bytes | None], dim: int) -> np.ndarray:
             raise ValueError(f"stored embeddings are not all {dim}-dimensional")
         out[present] = np.frombuffer(block, dtype=">f4").reshape(len(present), 1 + dim)[:, 1:]
     return out
+
+
+async def titles(conn: psycopg.AsyncConnection, n: int) -> list[str]:
+    """Up to ``n`` item titles, most popular first."""
+    rows = await (await conn.execute(
+        "SELECT i.title FROM items i LEFT JOIN item_stats s ON s.item_id = i.id "
+        "ORDER BY coalesce(s.popularity, 0) DESC, i.id LIMIT %s",
+        (n,),
+    )).fetchall()
+    return [r[0] for r in rows]
 
 
 async def vocabulary(conn: psycopg.AsyncConnection) -> dict[str, int]:

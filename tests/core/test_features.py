@@ -160,3 +160,24 @@ def test_brand_share_counts_recent_items_of_the_same_brand_case_blind():
     assert share.tolist() == [0.5, 0.25, 0.0, 0.0]
     # and with no branded recent item every share is 0
     assert brand_share_column(["3M"], [None]).tolist() == [0.0]
+
+
+def test_warmed_title_caches_give_the_same_columns():
+    from core.features import _padded_title, title_head, warm_title_caches
+
+    # Given titles computed cold
+    titles = ["DEWALT 20-Volt MAX Cordless Drill with (2) Batteries", "Bosch 18 in. x 1/2 in. Drill Bit, Black",
+              "Hampton Bay 36 in. Ceiling Fan in Brushed Nickel"]
+    _padded_title.cache_clear()
+    title_head.cache_clear()
+    cold = text_columns("cordless drill 18 in", titles), type_columns("cordless drill", ["cordless", "drill"], titles, [[], [], []])
+    # when the caches are warmed first
+    _padded_title.cache_clear()
+    title_head.cache_clear()
+    warm_title_caches(titles)
+    assert title_head.cache_info().currsize == len(titles)
+    warm = text_columns("cordless drill 18 in", titles), type_columns("cordless drill", ["cordless", "drill"], titles, [[], [], []])
+    # then the columns are the same, and computing them missed no cache
+    for a, b in zip(cold, warm):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert title_head.cache_info().misses == _padded_title.cache_info().misses == len(titles)

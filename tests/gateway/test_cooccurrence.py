@@ -166,7 +166,7 @@ def test_engine_reloads_the_graph_after_a_rebuild(postgres_server, triton_url, t
         ids = dict(conn.execute("SELECT external_id, id FROM items").fetchall())
 
     async def neighbours(engine, item):
-        graph = await engine.co_occurrence_graph()
+        graph = (await engine.graph()).co_occurrence
         return set(graph.expand([ids[item]], [1.0], 0, 0.0, 10).item_ids.tolist())
 
     async def scenario():
@@ -179,7 +179,7 @@ def test_engine_reloads_the_graph_after_a_rebuild(postgres_server, triton_url, t
             await asyncio.to_thread(_rebuild_graph, url)
             unpolled = await neighbours(engine, "A")
             monkeypatch.setattr(engine_module, "GRAPH_POLL_S", 0.0)
-            await engine.co_occurrence_graph()  # notices the newer run; its task reloads
+            await engine.graph()  # notices the newer run; its task reloads
             await engine._graph_load
             after = await neighbours(engine, "A")
             return before, unpolled, after

@@ -246,3 +246,18 @@ def test_a_full_lexicon_build_puts_the_index_beyond_the_cyclic_collector(gateway
         documents = conn.execute("SELECT count(*) FROM items").fetchone()[0]
     assert gc.get_freeze_count() > documents > 0
     assert gc.get_count()[2] == 0
+
+
+def test_a_full_lexicon_build_warms_every_title_s_cached_forms(gateway, gateway_loop):
+    from core.features import _padded_title, title_head
+
+    engine = gateway.server.engine
+    # Given empty per-title caches, as in a fresh gateway
+    _padded_title.cache_clear()
+    title_head.cache_clear()
+    # when the lexical index is built in full
+    gateway_loop.run(engine._load_lexicon())
+    # then every catalog title's normalised text and product-type head are already cached
+    with psycopg.connect(engine.settings.database_url) as conn:
+        titles = {r[0] for r in conn.execute("SELECT title FROM items")}
+    assert _padded_title.cache_info().currsize == title_head.cache_info().currsize == len(titles) > 1000
