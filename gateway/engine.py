@@ -93,8 +93,11 @@ RECOMMEND_POPULAR = 100
 # strongest TWO_HOP_EXPAND neighbours are expanded, and an item scores its one-hop weight plus
 # TWO_HOP_WEIGHT x its two-hop weight. Offline (8,442 Scientific users, target = last train
 # item) the best 300 by one hop held the target for 0.28 of users, by two hops 0.43 (the
-# weight 0.03-1.0 all within 0.01); the served pool's share went from 0.40 to 0.43. 50
-# neighbours cost 8 ms p50 against 1.5 ms for one hop (20: 5 ms). See docs/models.md.
+# weight 0.03-1.0 all within 0.01); the served pool's share went from 0.40 to 0.43. In SQL
+# 50 neighbours cost 8 ms p50 against 1.5 ms for one hop; in memory (gateway/cooccurrence.py)
+# the whole expansion takes 0.3-0.7 ms. A pool of 500 with the best 500 by two hops gave the
+# same NDCG@10 as 300/300 with today's ranker (0.0963, `aisle eval recommend --users 2000`).
+# See docs/models.md.
 RECOMMEND_TWO_HOP = 300
 TWO_HOP_EXPAND = 50
 TWO_HOP_WEIGHT = 0.1
