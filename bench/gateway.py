@@ -31,6 +31,10 @@ stage over the run, scraped from its metrics port before and after) over
 the lexicon/spelling step, protobuf. For the in-process baseline the pipeline's own stage
 timings (``Ranked.stage_ms``) over the wall time of each call.
 
+CPU per call: for each gateway run, the CPU time (user and system apart) of Postgres with its
+backends, Triton with its Python stubs and the gateway process, over the calls answered. On
+2 cores 100 QPS leaves 20 ms for all three; system time is where spinning threads show.
+
 On 2 cores the benchmark's own CPU competes with the servers': ``bench cpu`` is this process's
 CPU time over the run's wall time: for the gateway rows the client alone (protobuf, grpc.aio),
 for the in-process rows the pipeline and its callers. A run's latencies count answered calls
@@ -228,6 +232,57 @@ async def closed_loop(call, payloads: list, concurrency: int) -> dict:
     return out
 
 
+class CpuMeter:
+    """CPU time of process groups over a run, per answered call: each group a root process and
+    its descendants (Postgres' backends, Triton's Python stubs), those started or ended during
+    the run included. System time is reported apart: spinning threads show there (docs/api.md)."""
+
+    def __init__(self, roots: dict[str, int | None]):
+        self.roots = {name: pid for name, pid in roots.items() if pid}
+        self.before: dict[str, dict[int, tuple[float, float]]] = {}
+
+    def _times(self) -> dict[str, dict[int, tuple[float, float]]]:
+        out = {}
+        for name, pid in self.roots.items():
+            try:
+                root = psutil.Process(pid)
+                procs = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+            out[name] = {}
+            for p in procs:
+                try:
+                    # Descendants that exited and were waited for count in children_*.
+                    t = p.cpu_times()
+                    out[name][p.pid] = (t.user + t.children_user, t.system + t.children_system)
+                except psutil.NoSuchProcess:
+                    pass
+        return out
+
+    def start(self) -> None:
+        self.before = self._times()
+
+    def stop(self, calls: int) -> dict[str, dict[str, float]]:
+        out = {}
+        for name, now in self._times().items():
+            was = self.before.get(name, {})
+            user = sum(u - was.get(pid, (0.0, 0.0))[0] for pid, (u, _) in now.items())
+            system = sum(s_ - was.get(pid, (0.0, 0.0))[1] for pid, (_, s_) in now.items())
+            out[name] = {"user_ms": 1000 * user / max(1, calls), "system_ms": 1000 * system / max(1, calls)}
+        return out
+
+
+def listening_pid(port: int) -> int | None:
+    """The process listening on a loopback TCP port (Postgres, Triton), if this user can see it."""
+    try:
+        for c in psutil.net_connections(kind="tcp"):
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
+                return c.pid
+    except psutil.AccessDenied:
+        return None
+    return None
+
+
 def _shares(stage_seconds: dict[str, float], total_seconds: float) -> dict[str, float]:
     if total_seconds <= 0:
         return {}
@@ -270,7 +325,7 @@ def gateway_stages(before: dict, after: dict, rpc: str) -> dict:
 
 
 async def measure(settings, gateway_address: str, metrics_port: int, queries: list[str], users: list[str],
-                  levels: list[int], requests: int, rpcs: list[str], say) -> dict:
+                  levels: list[int], requests: int, rpcs: list[str], say, meter: CpuMeter) -> dict:
     from gateway.engine import Engine
     from gateway.model import RecommendQuery, SearchQuery
     from gateway.protos.aisle.v1 import aisle_pb2 as pb
@@ -312,7 +367,9 @@ async def measure(settings, gateway_address: str, metrics_port: int, queries: li
             out[rpc] = []
             for level, part in zip(levels, parts):
                 before = scrape(metrics_port)
+                meter.start()
                 gw = await closed_loop(gw_call, part, level)
+                gw["cpu_per_call"] = meter.stop(gw["answered"])
                 gw.update(gateway_stages(before, scrape(metrics_port), method))
                 # The same slice again, but for the engine's own (so far cold) cache.
                 engine.cache.clear()
@@ -457,7 +514,15 @@ def main(
         gateway, address, metrics_port = start_gateway(settings, tmp)
         stack.callback(gateway.stop)
         say(f"gateway {address} (metrics :{metrics_port}); measuring {', '.join(rpcs)} at c={levels}")
-        result.update(asyncio.run(measure(settings, address, metrics_port, queries, users, levels, requests, rpcs, say)))
+        import psycopg
+
+        meter = CpuMeter({
+            "postgres": listening_pid(int(psycopg.conninfo.conninfo_to_dict(settings.database_url).get("port") or 5432)),
+            "triton": listening_pid(int(settings.triton_url.rsplit(":", 1)[1])),
+            "gateway": gateway.popen.pid,
+        })
+        result.update(asyncio.run(measure(settings, address, metrics_port, queries, users, levels, requests, rpcs, say,
+                                          meter)))
         result["machine"]["load_avg_1m_after"] = psutil.getloadavg()[0]
     result["goals"] = goals(result)
     path = write_result("gateway", result)
@@ -489,6 +554,12 @@ def print_table(result: dict) -> None:
             print(f"{'':<9} {'':>3} {'ratio':<10} {_fmt(ratios['qps_gateway_over_in_process'], '.2f'):>7} "
                   f"{_fmt(ratios['p50_gateway_over_in_process'], '.2f'):>7} {'':>7} "
                   f"{_fmt(ratios['p99_gateway_over_in_process'], '.2f'):>7}  (gateway / in-process)")
+    cpu = [(rpc, row["concurrency"], row["gateway"].get("cpu_per_call", {}))
+           for rpc in ("search", "recommend") for row in result.get(rpc, [])]
+    if any(c for _, _, c in cpu):
+        print("CPU per gateway call, ms (user + system): "
+              + "; ".join(f"{rpc} c={level} " + ", ".join(f"{k} {v['user_ms']:.1f}+{v['system_ms']:.1f}" for k, v in c.items())
+                          for rpc, level, c in cpu))
     reasons = {r: n for rpc in ("search", "recommend") for row in result.get(rpc, [])
                for t in ("gateway", "in_process") for r, n in row[t]["degraded_reasons"].items()}
     if reasons:
