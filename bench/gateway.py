@@ -235,7 +235,8 @@ async def closed_loop(call, payloads: list, concurrency: int) -> dict:
 class CpuMeter:
     """CPU time of process groups over a run, per answered call: each group a root process and
     its descendants (Postgres' backends, Triton's Python stubs), those started or ended during
-    the run included. System time is reported apart: spinning threads show there (docs/api.md)."""
+    the run included (one that ends during the run counts whole). System time is reported
+    apart: spinning threads show there (docs/api.md)."""
 
     def __init__(self, roots: dict[str, int | None]):
         self.roots = {name: pid for name, pid in roots.items() if pid}
