@@ -1,12 +1,12 @@
-"""Item-to-item co-occurrence, held in the gateway's memory as one sparse matrix.
+"""Item-to-item co-occurrence, held in the gateway's memory as sparse matrices.
 
 Recommend reads co-occurrence twice per call: its one- and two-hop candidates around the
 user's recent items, and the co-occurrence features of the pool it ranks. As SQL over
 ``kg_edges`` that was two queries and ~10 ms of Postgres CPU a call (the two-hop expansion
 alone p50 8.1 ms), on a machine where Recommend's throughput is set by CPU. The graph changes
 only when the graph job rebuilds it, so the gateway loads it after each rebuild and answers
-both from memory (``Engine.graph``): a few sparse row sums, well under a
-millisecond (docs/api.md, "Where a call's CPU goes").
+both from memory (``Engine.graph``): a few sparse row sums, 0.3-0.7 ms a call
+(docs/api.md, "Where a call's CPU goes").
 
 Plain numpy/scipy: nothing here knows Postgres or gRPC.
 """
@@ -88,7 +88,10 @@ class CoOccurrenceGraph:
         """Items around the anchors, either edge direction: one hop = sum of anchor weight x
         edge weight; two hops = the same from the ``expand`` strongest one-hop items, each
         weighted by its one-hop score. The best ``n`` by one hop + ``alpha`` x two hops (ties by
-        item id). Anchors come back too, when reachable; the caller excludes what it must."""
+        item id). Anchors come back too, when reachable; the caller excludes what it must.
+        Either direction, because an item bought just *before* a recent one is as telling as one
+        bought after it (offline, directed co-occurrence scored 11 % below symmetric;
+        docs/models.md)."""
         at, found = self._index(anchors)
         one = self._either_way(at[found], np.asarray(weights, dtype=np.float64)[found])
         reached = np.flatnonzero(one > 0)
@@ -117,6 +120,3 @@ class CoOccurrenceGraph:
             recent=gather(self._weighted_rows(self.forward, at[found], rw)),
             reverse=gather(self._weighted_rows(self.backward, at[found], rw)),
         )
-
-
-EMPTY = CoOccurrenceGraph(np.zeros(0), np.zeros(0), np.zeros(0))

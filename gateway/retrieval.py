@@ -263,11 +263,6 @@ WHERE i.id = ANY(%(ids)s) {where}
 _FIXED_COLUMNS = 10
 
 
-# Co-occurrence around the anchors (recent items, recency-weighted), one hop and two: rows of
-# (item, one-hop weight, two-hop weight), best by one hop + alpha x two hops. Edges count in
-# both directions: an item bought just *before* a recent one is as telling as one bought after
-# it (offline, directed co-occurrence scored 11 % below symmetric; docs/models.md). Each hop is
-# two index-driven halves: an OR of the directions defeats the indexes.
 async def graph_version(conn: psycopg.AsyncConnection) -> int | None:
     """Which graph rebuild the graph's edges and the items' popularity come from: the last
     finished run of the graph job (they change in that job's transaction and nowhere else)."""
