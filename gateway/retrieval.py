@@ -367,6 +367,17 @@ async def item_facts(
     return facts
 
 
+async def embeddings_of(conn: psycopg.AsyncConnection, ids: list[int], model: EmbeddingModel) -> np.ndarray:
+    """The items' embeddings for ``model``, in the order of ``ids`` (zeros where missing)."""
+    rows = await (await conn.execute(
+        "SELECT item_id, vector_send(embedding) FROM item_embeddings WHERE model_version = %s AND item_id = ANY(%s)",
+        (model.version, ids),
+        binary=True,
+    )).fetchall()
+    sent = dict(rows)
+    return stack_vectors([sent.get(i) for i in ids], model.dim)
+
+
 def stack_vectors(sent: list[bytes | None], dim: int) -> np.ndarray:
     """pgvector's binary form (``vector_send``: uint16 dimension, uint16 unused, big-endian
     float32s) of many rows decoded in one numpy call; a missing vector stays zeros. Decoding
