@@ -809,7 +809,7 @@ class Engine:
             signals.columns["cooc_two_hop"] = np.log1p(np.array([two_hop.get(i, 0.0) for i in facts.ids], dtype=np.float32))
             if len(anchor_vecs):
                 # Item-kNN over every recent item, not only the last: offline it was among the
-                # ranker's most used features (docs/models.md). 300 x 10 dot products.
+                # ranker's most used features (docs/models.md). Postgres computed the cosines.
                 signals.columns["sim_recent_max"] = np.max(
                     [facts.sims["last"], *(facts.sims[name] for name in recent)], axis=0
                 ).astype(np.float32)
