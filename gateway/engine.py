@@ -108,9 +108,10 @@ TWO_HOP_WEIGHT = 0.1
 RECENT_ITEMS = 10
 # MMR trade-off for Recommend (1 = no diversification); chosen on Scientific valid rows.
 MMR_LAMBDA = 0.9
-# Candidates MMR chooses among, best by score first: at MMR_LAMBDA 0.9 the best 30 gave the
-# whole pool's picks for 400 of 400 Scientific users (fusion.mmr); 50 leaves a margin.
-MMR_CANDIDATES = 50
+# Candidates MMR chooses among per item asked for, best by score first: for k = 10 at
+# MMR_LAMBDA 0.9 the best 30 gave the whole pool's picks for 400 of 400 Scientific users
+# (fusion.mmr); 5 per item (50 for the default k) leaves a margin.
+MMR_CANDIDATES_PER_PICK = 5
 # Default budget of a call without a deadline, and the share of it each Triton stage may take.
 DEFAULT_BUDGET_S = 1.0
 EMBED_SHARE = 0.4
@@ -747,10 +748,13 @@ class Engine:
         )
 
     async def _diversify(self, pool: Pool, scores: np.ndarray, k: int, budget: Budget, reasons: list[str]) -> list[int]:
-        """MMR over the best MMR_CANDIDATES by score, scaled by the whole pool's range (so it
-        picks as over the whole pool): only their embeddings are read, not the pool's 300
-        (460 KB, ~6 ms of the gateway's CPU to receive). Without them in time, score order."""
-        top = np.argsort(-scores, kind="stable")[:MMR_CANDIDATES]
+        """MMR over the best MMR_CANDIDATES_PER_PICK x k by score, scaled by the whole pool's
+        range (so it picks as over the whole pool): only their embeddings are read, not the
+        pool's 300 (460 KB, ~6 ms of the gateway's CPU to receive). Without them in time, score
+        order."""
+        if not len(scores):  # the filters left nothing of the pool
+            return []
+        top = np.argsort(-scores, kind="stable")[: MMR_CANDIDATES_PER_PICK * k]
 
         async def read():
             try:
