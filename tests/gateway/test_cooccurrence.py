@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from core.settings import load_settings
 from gateway import retrieval
 from gateway.cooccurrence import CoOccurrenceGraph
+from tests.workers.conftest import rebuild_graph
 
 
 def _plain(edges: list[tuple[int, int, float]], anchors: list[int], weights: list[float], expand: int, alpha: float):
@@ -138,18 +139,6 @@ def _write_histories(folder, histories: dict[str, list[str]]) -> tuple:
     return folder / "items.csv", folder / "interactions.csv"
 
 
-def _rebuild_graph(url: str) -> None:
-    from workers import dispatch, resources
-
-    resources.reset()
-    deps = resources.deps(need_triton=False, settings=load_settings(database_url=url))
-    try:
-        dispatch.rebuild_graph(deps)
-    finally:
-        deps.conn.close()
-        resources.reset()
-
-
 def test_engine_reloads_the_graph_after_a_rebuild(postgres_server, triton_url, tmp_path, monkeypatch):
     from gateway import engine as engine_module
     from gateway.engine import Engine
@@ -161,7 +150,7 @@ def test_engine_reloads_the_graph_after_a_rebuild(postgres_server, triton_url, t
     for kind, path in zip(("scientific-items", "scientific-interactions"),
                           _write_histories(tmp_path, {"u1": ["A", "B"], "u2": ["C", "D"]})):
         assert not load(kind, path, url).errors
-    _rebuild_graph(url)
+    rebuild_graph(url)
     with psycopg.connect(url) as conn:
         ids = dict(conn.execute("SELECT external_id, id FROM items").fetchall())
 
@@ -176,7 +165,7 @@ def test_engine_reloads_the_graph_after_a_rebuild(postgres_server, triton_url, t
             # when a new purchase (A then C) is loaded and the graph job rebuilds
             _write_histories(tmp_path, {"u3": ["A", "C"]})
             assert not load("scientific-interactions", tmp_path / "interactions.csv", url).errors
-            await asyncio.to_thread(_rebuild_graph, url)
+            await asyncio.to_thread(rebuild_graph, url)
             unpolled = await neighbours(engine, "A")
             monkeypatch.setattr(engine_module, "GRAPH_POLL_S", 0.0)
             await engine.graph()  # notices the newer run; its task reloads

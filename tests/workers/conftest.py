@@ -18,6 +18,20 @@ from tests.datasets import data_file
 FULL_CATALOG = 54_667
 
 
+def rebuild_graph(database_url: str) -> None:
+    """One knowledge-graph rebuild as the worker runs it, on a connection of its own."""
+    from core.settings import load_settings
+    from workers import dispatch, resources
+
+    resources.reset()
+    deps = resources.deps(need_triton=False, settings=load_settings(database_url=database_url))
+    try:
+        dispatch.rebuild_graph(deps)
+    finally:
+        deps.conn.close()
+        resources.reset()
+
+
 def load_homedepot(database_url: str, tmp_path: Path, n: int | None = None) -> int:
     """Load the first ``n`` Home Depot products (all when None) with the real loader."""
     from workers.loading import load

@@ -7,7 +7,7 @@ import json
 
 import psycopg
 
-from core.settings import load_settings
+from tests.workers.conftest import rebuild_graph
 
 
 def _write(path, rows) -> str:
@@ -24,18 +24,6 @@ EVENTS = [
     {"event_id": "e1", "user_id": "u1", "item_id": "D-1", "type": "view", "timestamp": "2024-05-01T12:00:00Z"},
     {"event_id": "e2", "user_id": "u1", "item_id": "B-1", "type": "purchase", "timestamp": "2024-05-01T12:05:00Z"},
 ]
-
-
-def _rebuild(url: str) -> None:
-    from workers import dispatch, resources
-
-    resources.reset()
-    deps = resources.deps(need_triton=False, settings=load_settings(database_url=url))
-    try:
-        dispatch.rebuild_graph(deps)
-    finally:
-        deps.conn.close()
-        resources.reset()
 
 
 def _edges(url: str) -> dict[tuple[str, str, str], tuple[float, object]]:
@@ -55,7 +43,7 @@ def test_the_graph_follows_the_catalog_and_an_unchanged_rebuild_rewrites_nothing
     # Given three items and one user's history, and a first rebuild
     assert not load("items", _write(tmp_path / "items.jsonl", ITEMS), url).errors
     assert not load("events", _write(tmp_path / "events.jsonl", EVENTS), url).errors
-    _rebuild(url)
+    rebuild_graph(url)
     first = _edges(url)
     assert ("item_brand", "Cordless Drill 18V", "DEWALT") in first
     assert ("item_category", "Impact Driver", "Drivers") in first
@@ -63,7 +51,7 @@ def test_the_graph_follows_the_catalog_and_an_unchanged_rebuild_rewrites_nothing
     assert first[("co_occurrence", "Cordless Drill 18V", "Drill Bit Set")][0] == 1.0
 
     # When nothing changed, a rebuild touches no edge
-    _rebuild(url)
+    rebuild_graph(url)
     assert _edges(url) == first
 
     # When an item is retitled and moves brand, and the history grows
@@ -72,7 +60,7 @@ def test_the_graph_follows_the_catalog_and_an_unchanged_rebuild_rewrites_nothing
     events = [*EVENTS, {"event_id": "e3", "user_id": "u1", "item_id": "D-2", "type": "view",
                         "timestamp": "2024-05-01T12:10:00Z"}]
     assert not load("events", _write(tmp_path / "events2.jsonl", events), url).errors
-    _rebuild(url)
+    rebuild_graph(url)
     after = _edges(url)
 
     # then the item's node carries its new title and brand; the old title's edges are gone
