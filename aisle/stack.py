@@ -133,7 +133,7 @@ def stack_settings(base: Settings | None = None) -> Settings:
 
 def _service_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
-    for key in ("database_url", "redis_url", "triton_url"):
+    for key in ("database_url", "redis_url", "triton_url", "gateway_address"):
         value = getattr(settings, key)
         if value:
             env[f"AISLE_{key.upper()}"] = value
@@ -192,11 +192,11 @@ def gateway(settings: Settings, logs: Path) -> tuple[processes.ServerProcess, st
 
 
 # Processes started after the servers, in order, each given the settings with every address
-# filled in; the gateway issue adds itself here.
+# filled in. The gateway comes first: the workers warm the recommendation cache through it.
 SERVICES: dict[str, Callable[[Settings, Path], tuple[processes.ServerProcess, str]]] = {
+    "gateway": gateway,
     "worker": worker,
     "beat": beat,
-    "gateway": gateway,
 }
 
 
@@ -240,7 +240,7 @@ def up(
             if with_services:
                 _migrate(filled, say)
             for name, starter in (SERVICES.items() if with_services else ()):
-                server, address = starter(filled, logs)
+                server, address = starter(stack_settings(settings), logs)
                 started.append(_start(server, state, address, say, name=name))
                 _write_state(settings, state)
         except BaseException:

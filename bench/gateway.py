@@ -40,6 +40,11 @@ CPU time over the run's wall time: for the gateway rows the client alone (protob
 for the in-process rows the pipeline and its callers. A run's latencies count answered calls
 only; ``err`` counts the others (mostly DEADLINE_EXCEEDED past the 1 s deadline), ``degr`` the
 answers given with degraded=true (the reason is printed under the table).
+
+Recommend twice: ``recommend`` is the pipeline (the recommendation cache off in the gateway and
+the engine measured), ``recommend_cached`` what a user whose cached list is fresh gets (a second
+gateway and engine with the cache on; each slice's users are asked once, unmeasured, first, as
+the workers' warm-up would have). ``cache`` is then the recommendation cache's hit rate.
 """
 
 from __future__ import annotations
@@ -70,7 +75,13 @@ GOALS = {
     "search_p99_ms_at_c4": 60.0,
     "search_qps_at_c16": 100.0,
     "recommend_p99_ms_at_c4": 40.0,
+    "recommend_cached_p99_ms_at_c4": 40.0,
 }
+# What each measured RPC sends, and how: `recommend` runs the pipeline for every call (a gateway
+# and an engine with the recommendation cache off); `recommend_cached`, on a gateway and an
+# engine with it on, first asks once for each user of the slice, as the workers' warm-up does,
+# then measures the calls the cache answers.
+RPCS = ("search", "recommend", "recommend_cached")
 # Deadline a client gives each call (seconds): the engine splits it among its stages, as it does
 # for production callers. Late answers count as errors (DEADLINE_EXCEEDED), not as latencies cut short.
 DEADLINE_S = 1.0
@@ -316,8 +327,12 @@ def gateway_stages(before: dict, after: dict, rpc: str) -> dict:
     handling = delta("grpc_server_handling_seconds_sum", grpc_method=rpc)
     stage_names = {dict(k[1])["stage"] for k in after if k[0] == "aisle_gateway_stage_seconds_sum" and dict(k[1]).get("rpc") == rpc}
     stages = {s: delta("aisle_gateway_stage_seconds_sum", rpc=rpc, stage=s) for s in stage_names}
-    hits = delta("aisle_gateway_query_cache_hits_total")
-    misses = delta("aisle_gateway_query_cache_misses_total")
+    if rpc == "Recommend":
+        hits = delta("aisle_gateway_recommend_cache_total", result="hit")
+        misses = delta("aisle_gateway_recommend_cache_total", result="miss")
+    else:
+        hits = delta("aisle_gateway_query_cache_hits_total")
+        misses = delta("aisle_gateway_query_cache_misses_total")
     return {
         "stage_share": _shares({k: v for k, v in stages.items() if v > 0}, handling),
         "server_mean_ms": 1000 * handling / max(1.0, delta("grpc_server_handling_seconds_count", grpc_method=rpc)),
@@ -354,7 +369,8 @@ async def measure(settings, gateway_address: str, metrics_port: int, queries: li
         return (r.degraded_reason or "degraded") if r.degraded else "", r.stage_ms
 
     calls = {"search": (gw_search, engine_search, queries, "Search"),
-             "recommend": (gw_recommend, engine_recommend, users, "Recommend")}
+             "recommend": (gw_recommend, engine_recommend, users, "Recommend"),
+             "recommend_cached": (gw_recommend, engine_recommend, users, "Recommend")}
     out: dict = {}
     try:
         for rpc in rpcs:
@@ -367,6 +383,9 @@ async def measure(settings, gateway_address: str, metrics_port: int, queries: li
             await closed_loop(engine_call, warm, 4)
             out[rpc] = []
             for level, part in zip(levels, parts):
+                if rpc == "recommend_cached":
+                    # The workers' warm-up, for this slice's users (not measured).
+                    await closed_loop(gw_call, part, 4)
                 before = scrape(metrics_port)
                 meter.start()
                 gw = await closed_loop(gw_call, part, level)
@@ -404,7 +423,7 @@ def _fmt(v, spec: str = ".1f") -> str:
 
 def _row_line(rpc: str, row: dict) -> str:
     g, b = row["gateway"], row["in_process"]
-    return (f"{rpc:<9} c={row['concurrency']:<3} gateway {_fmt(g['qps']):>6} qps  p50 {_fmt(g['p50_ms']):>6}  "
+    return (f"{rpc:<16} c={row['concurrency']:<3} gateway {_fmt(g['qps']):>6} qps  p50 {_fmt(g['p50_ms']):>6}  "
             f"p95 {_fmt(g['p95_ms']):>6}  p99 {_fmt(g['p99_ms']):>6} ms | in-process {_fmt(b['qps']):>6} qps  "
             f"p50 {_fmt(b['p50_ms']):>6}  p99 {_fmt(b['p99_ms']):>6} ms | qps ratio {_fmt(row['ratios']['qps_gateway_over_in_process'], '.2f')}")
 
@@ -416,7 +435,8 @@ def goals(result: dict) -> dict:
     out = {}
     checks = (("search_p99_ms_at_c4", "search", 4, "p99_ms", "<="),
               ("search_qps_at_c16", "search", 16, "qps", ">="),
-              ("recommend_p99_ms_at_c4", "recommend", 4, "p99_ms", "<="))
+              ("recommend_p99_ms_at_c4", "recommend", 4, "p99_ms", "<="),
+              ("recommend_cached_p99_ms_at_c4", "recommend_cached", 4, "p99_ms", "<="))
     for name, rpc, level, key, op in checks:
         run = at(rpc, level)
         value = run[key] if run else None
@@ -428,19 +448,21 @@ def goals(result: dict) -> dict:
 
 # --- Servers ---------------------------------------------------------------------------------
 
-def start_gateway(settings, folder: Path):
-    """A fresh `aisle serve` on free ports over ``settings``' database and Triton."""
+def start_gateway(settings, folder: Path, name: str = "gateway"):
+    """A fresh `aisle serve` on free ports over ``settings``' database and Triton (and its
+    recommendation cache TTL), logging to ``folder/<name>.log``."""
     from aisle.stack import _grpc_serving
 
     port, metrics_port = processes.free_port(), processes.free_port()
     env = dict(os.environ, AISLE_DATABASE_URL=settings.database_url, AISLE_TRITON_URL=settings.triton_url,
-               AISLE_RUN_DIR=str(folder), AISLE_LOG_FORMAT="json")
+               AISLE_RUN_DIR=str(folder), AISLE_LOG_FORMAT="json",
+               AISLE_RECOMMEND_CACHE_TTL_S=str(settings.recommend_cache_ttl_s))
     env.pop("AISLE_GATEWAY_ADDRESS", None)
     server = processes.ServerProcess(
         "gateway",
         processes.aisle_command("serve", "--address", f"{processes.LOOPBACK}:{port}", "--metrics-port", str(metrics_port),
                                 "--grace", "1"),
-        folder / "gateway.log", _grpc_serving(port, "aisle.v1.Aisle"), env=env,
+        folder / f"{name}.log", _grpc_serving(port, "aisle.v1.Aisle"), env=env,
     ).start(GATEWAY_START_S)
     return server, f"{processes.LOOPBACK}:{port}", metrics_port
 
@@ -450,7 +472,8 @@ def main(
     items: int = typer.Option(None, min=1, help="Only the first N Home Depot products (default: all 54,667)."),
     requests: int = typer.Option(1000, min=1, help="Requests per concurrency level, per RPC and target."),
     concurrency: str = typer.Option("1,4,16,64", help="Comma-separated concurrency levels."),
-    rpc: str = typer.Option("search,recommend", help="Which RPCs to measure."),
+    rpc: str = typer.Option("search,recommend,recommend_cached",
+                            help="Which RPCs to measure: search, recommend (the pipeline), recommend_cached."),
     model_repository: Path = typer.Option(None, help="Exported repository for the benchmark's own Triton (default: model_repository/)."),
     work_dir: Path = typer.Option(None, help="Keep the servers' data and logs (gateway.log, triton.log) here (default: a temporary folder)."),
     as_json: bool = typer.Option(False, "--json"),
@@ -462,9 +485,9 @@ def main(
     try:
         levels = [int(c) for c in concurrency.split(",") if c.strip()]
         rpcs = [r.strip() for r in rpc.split(",") if r.strip()]
-        assert levels and all(c > 0 for c in levels) and rpcs and set(rpcs) <= {"search", "recommend"}
+        assert levels and all(c > 0 for c in levels) and rpcs and set(rpcs) <= set(RPCS)
     except (ValueError, AssertionError):
-        sys.exit("--concurrency takes positive integers (1,4,16,64); --rpc search and/or recommend")
+        sys.exit(f"--concurrency takes positive integers (1,4,16,64); --rpc some of {', '.join(RPCS)}")
     for path in (DATA / "homedepot" / "products.csv", DATA / "homedepot" / "queries_dev.csv", DATA / "wands" / "query.csv",
                  DATA / "scientific" / "items.csv", DATA / "scientific" / "interactions.csv"):
         require(path)
@@ -512,18 +535,28 @@ def main(
         users = recommend_users(settings.database_url, WARMUP + requests * len(levels))
         result["workload"] = {"distinct_queries": len(queries), "recommend_users": len(users),
                               "query_sources": "WANDS query.csv + Home Depot queries_dev.csv, interleaved"}
-        gateway, address, metrics_port = start_gateway(settings, tmp)
-        stack.callback(gateway.stop)
-        say(f"gateway {address} (metrics :{metrics_port}); measuring {', '.join(rpcs)} at c={levels}")
         import psycopg
 
-        meter = CpuMeter({
-            "postgres": listening_pid(int(psycopg.conninfo.conninfo_to_dict(settings.database_url).get("port") or 5432)),
-            "triton": listening_pid(int(settings.triton_url.rsplit(":", 1)[1])),
-            "gateway": gateway.popen.pid,
-        })
-        result.update(asyncio.run(measure(settings, address, metrics_port, queries, users, levels, requests, rpcs, say,
-                                          meter)))
+        # Search and the pipeline's Recommend on a gateway (and engine) with the recommendation
+        # cache off; the cached Recommend on one with it on.
+        passes = (([r for r in rpcs if r != "recommend_cached"], "gateway", 0.0),
+                  ([r for r in rpcs if r == "recommend_cached"], "gateway-cached", settings.recommend_cache_ttl_s))
+        for pass_rpcs, name, ttl in passes:
+            if not pass_rpcs:
+                continue
+            pass_settings = settings.model_copy(update={"recommend_cache_ttl_s": ttl})
+            gateway, address, metrics_port = start_gateway(pass_settings, tmp, name)
+            say(f"{name} {address} (metrics :{metrics_port}); measuring {', '.join(pass_rpcs)} at c={levels}")
+            meter = CpuMeter({
+                "postgres": listening_pid(int(psycopg.conninfo.conninfo_to_dict(settings.database_url).get("port") or 5432)),
+                "triton": listening_pid(int(settings.triton_url.rsplit(":", 1)[1])),
+                "gateway": gateway.popen.pid,
+            })
+            try:
+                result.update(asyncio.run(measure(pass_settings, address, metrics_port, queries, users, levels, requests,
+                                                  pass_rpcs, say, meter)))
+            finally:
+                gateway.stop()
         result["machine"]["load_avg_1m_after"] = psutil.getloadavg()[0]
     result["goals"] = goals(result)
     path = write_result("gateway", result)
@@ -539,34 +572,35 @@ def print_table(result: dict) -> None:
     print(f"\n{c['items']} items ({c['homedepot_items']} Home Depot), {c['users_with_events']} users with histories; "
           f"{result['machine']['cpus']} CPUs, load {result['machine']['load_avg_1m']:.1f} -> "
           f"{result['machine']['load_avg_1m_after']:.1f}; deadline {result['deadline_s']} s, query cache cold")
-    header = (f"{'rpc':<9} {'c':>3} {'target':<10} {'qps':>7} {'p50':>7} {'p95':>7} {'p99':>7} {'err':>4} {'degr':>5} "
+    header = (f"{'rpc':<16} {'c':>3} {'target':<10} {'qps':>7} {'p50':>7} {'p95':>7} {'p99':>7} {'err':>4} {'degr':>5} "
               f"{'cache':>6} {'bench cpu':>9}  stages (share of time)")
     print(header)
-    for rpc in ("search", "recommend"):
+    for rpc in RPCS:
         for row in result.get(rpc, []):
             for target in ("gateway", "in_process"):
                 r = row[target]
                 stages = ", ".join(f"{k} {v:.0%}" for k, v in r.get("stage_share", {}).items())
                 hit = r.get("cache_hit_rate")
-                print(f"{rpc:<9} {row['concurrency']:>3} {target:<10} {_fmt(r['qps']):>7} {_fmt(r['p50_ms']):>7} "
+                print(f"{rpc:<16} {row['concurrency']:>3} {target:<10} {_fmt(r['qps']):>7} {_fmt(r['p50_ms']):>7} "
                       f"{_fmt(r['p95_ms']):>7} {_fmt(r['p99_ms']):>7} {sum(r['errors'].values()):>4} {r['degraded']:>5} "
                       f"{_fmt(hit, '.0%') if hit is not None else '-':>6} {r['bench_cpu_share']:>9.0%}  {stages}")
             ratios = row["ratios"]
-            print(f"{'':<9} {'':>3} {'ratio':<10} {_fmt(ratios['qps_gateway_over_in_process'], '.2f'):>7} "
+            print(f"{'':<16} {'':>3} {'ratio':<10} {_fmt(ratios['qps_gateway_over_in_process'], '.2f'):>7} "
                   f"{_fmt(ratios['p50_gateway_over_in_process'], '.2f'):>7} {'':>7} "
                   f"{_fmt(ratios['p99_gateway_over_in_process'], '.2f'):>7}  (gateway / in-process)")
     cpu = [(rpc, row["concurrency"], row["gateway"].get("cpu_per_call", {}))
-           for rpc in ("search", "recommend") for row in result.get(rpc, [])]
+           for rpc in RPCS for row in result.get(rpc, [])]
     if any(c for _, _, c in cpu):
         print("CPU per gateway call, ms (user + system): "
               + "; ".join(f"{rpc} c={level} " + ", ".join(f"{k} {v['user_ms']:.1f}+{v['system_ms']:.1f}" for k, v in c.items())
                           for rpc, level, c in cpu))
-    reasons = {r: n for rpc in ("search", "recommend") for row in result.get(rpc, [])
+    reasons = {r: n for rpc in RPCS for row in result.get(rpc, [])
                for t in ("gateway", "in_process") for r, n in row[t]["degraded_reasons"].items()}
     if reasons:
         print("degraded because: " + "; ".join(sorted(reasons, key=lambda k: -reasons[k])[:2]))
     for name, g in result["goals"].items():
-        print(f"goal {name} {g['goal']}: {_fmt(g['value'])} {'PASS' if g['pass'] else 'FAIL'}")
+        verdict = "not measured" if g["value"] is None else "PASS" if g["pass"] else "FAIL"
+        print(f"goal {name} {g['goal']}: {_fmt(g['value'])} {verdict}")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from core.model_interfaces import query_model
 from core.profiles import Event, Profile, category_affinity, fold
 from core.settings import Settings
 from core.triton import AsyncTritonClient, TritonError, TritonInputError
-from gateway import retrieval
+from gateway import recommendation_cache, retrieval
 from gateway.cooccurrence import CoOccurrenceGraph, Neighbourhood
 from gateway.fusion import mmr, rank_positions, reciprocal_rank_fusion
 from gateway.lexical_index import LexicalIndex
@@ -112,6 +112,10 @@ MMR_LAMBDA = 0.9
 # MMR_LAMBDA 0.9 the best 30 gave the whole pool's picks for 400 of 400 Scientific users
 # (fusion.mmr); 5 per item (50 for the default k) leaves a margin.
 MMR_CANDIDATES_PER_PICK = 5
+# Recommendations kept per user (gateway/recommendation_cache.py): a plain Recommend for up to
+# this many is served from the cache. 20: the default k is 10 and `aisle eval recommend` asks
+# for 20 (Recall@20); MMR's first 10 picks of 20 are its 10 picks (docs/api.md).
+CACHED_RECOMMENDATIONS = 20
 # Default budget of a call without a deadline, and the share of it each Triton stage may take.
 DEFAULT_BUDGET_S = 1.0
 EMBED_SHARE = 0.4
@@ -226,6 +230,7 @@ class Pool:
     signals: Signals | None = None
     features: np.ndarray | None = None
     exclude: set[int] = field(default_factory=set)
+    user: UserState | None = None
 
 
 @dataclass(frozen=True)
@@ -262,6 +267,7 @@ class UserState:
     profile: Profile | None
     history: set[int]
     recent: list[int]  # most recent first
+    last_event_id: int = 0  # the newest event read (a cached list made from it is fresh)
 
 
 class Engine:
@@ -724,28 +730,70 @@ class Engine:
                 [Event(r[0], r[1], r[2], r[3], v, tuple(r[5] or ())) for r, v in zip(unfolded, vectors)],
                 self.settings.event_weights, self.settings.event_half_life_days * 86400, unfolded[0][7], model.dim,
             )
-        return UserState(user_id, profile, history, recent)
+        return UserState(user_id, profile, history, recent, max((r[0] for r in events), default=0))
 
     async def recommend(self, q: RecommendQuery) -> Ranked:
         budget, timer = Budget(q.time_left_s), Timer()
+        cacheable = self._cacheable(q)
+        if cacheable:
+            async with timer.stage("cache"):
+                model = await self.active_model()
+                async with self.connection() as conn:
+                    cached = await recommendation_cache.read(
+                        conn, q.user_id, model.version, self.ranker_version, self.settings.recommend_cache_ttl_s, q.k
+                    )
+            if cached is not None:
+                return Ranked([Hit(c.item, c.score) for c in cached], model_versions=self._versions(model),
+                              stage_ms=timer.stages, cache_hit=True)
+        # A cacheable call computes the whole cached list; its first k are the answer.
+        k = max(q.k, CACHED_RECOMMENDATIONS) if cacheable else q.k
         pool = await self.recommend_pool(q, timer, budget)
         if pool.facts is None:
             async with timer.stage("popular"):
-                hits = await self._popular(pool.model, q, pool.exclude)
-            return Ranked(hits, degraded=bool(pool.reasons), degraded_reason="; ".join(pool.reasons),
-                          model_versions=self._versions(pool.model), stage_ms=timer.stages)
+                ids, hits = await self._popular(pool.model, replace(q, k=k), pool.exclude)
+            if cacheable and not pool.reasons:
+                await self._remember(pool, ids, [h.score for h in hits], budget)
+            return Ranked(hits[: q.k], degraded=bool(pool.reasons), degraded_reason="; ".join(pool.reasons),
+                          model_versions=self._versions(pool.model), stage_ms=timer.stages,
+                          cache_hit=False if cacheable else None)
         scores, rank_reason = await self._scores(pool.features, budget, timer)
         reasons = pool.reasons + ([rank_reason] if rank_reason else [])
         async with timer.stage("diversify"):
-            picked = await self._diversify(pool, scores, q.k, budget, reasons)
-        hits = [self._hit(pool, k, scores, q.explain, rank_reason is None) for k in picked]
+            picked = await self._diversify(pool, scores, k, budget, reasons)
+        if cacheable and not reasons:
+            await self._remember(pool, [pool.facts.ids[i] for i in picked], [float(scores[i]) for i in picked], budget)
+        hits = [self._hit(pool, i, scores, q.explain, rank_reason is None) for i in picked[: q.k]]
         return Ranked(
             hits,
             degraded=bool(reasons),
             degraded_reason="; ".join(reasons),
             model_versions=self._versions(pool.model),
             stage_ms=timer.stages,
+            cache_hit=False if cacheable else None,
         )
+
+    def _cacheable(self, q: RecommendQuery) -> bool:
+        """Whether the call is a user's plain Recommend, which the cache answers: context
+        items, filters and explanations change the pipeline's input or output."""
+        return (
+            self.settings.recommend_cache_ttl_s > 0 and bool(q.user_id) and not q.context_item_ids
+            and q.filters.empty() and not q.explain and q.k <= CACHED_RECOMMENDATIONS
+        )
+
+    async def _remember(self, pool: Pool, ids: list[int], scores: list[float], budget: Budget) -> None:
+        """Store a clean answer for the user's next plain calls. Best effort: a failed or late
+        write costs the next call a pipeline run, never this call its answer."""
+        user = pool.user
+        if user is None or user.user_id is None or not ids:
+            return
+        try:
+            async with asyncio.timeout(max(budget.left(), 0.001)):
+                async with self.connection() as conn:
+                    await recommendation_cache.write(
+                        conn, user.user_id, pool.model.version, self.ranker_version, user.last_event_id, ids, scores
+                    )
+        except (TimeoutError, OutOfTime, Unavailable, psycopg.Error) as exc:
+            log.warning("recommendation cache write for user %s failed: %s", user.user_id, _short(exc))
 
     async def _diversify(self, pool: Pool, scores: np.ndarray, k: int, budget: Budget, reasons: list[str]) -> list[int]:
         """MMR over the best MMR_CANDIDATES_PER_PICK x k by score, scaled by the whole pool's
@@ -780,7 +828,7 @@ class Engine:
             user = await self.user_state(q.user_id, model) if q.user_id else UserState(None, None, set(), [])
             context = await self._internal_ids(q.context_item_ids)
         anchors = context or user.recent
-        pool = Pool(model, [], {}, {})
+        pool = Pool(model, [], {}, {}, user=user)
         pool.exclude = user.history | set(context)
         if not anchors and (user.profile is None or user.profile.weight <= 0):
             return pool
@@ -902,8 +950,8 @@ class Engine:
             w.reverse.astype(np.float32),
         )
 
-    async def _popular(self, model, q: RecommendQuery, exclude: set[int]) -> list[Hit]:
-        """Cold start: trending items (in the context items' categories when given)."""
+    async def _popular(self, model, q: RecommendQuery, exclude: set[int]) -> tuple[list[int], list[Hit]]:
+        """Cold start: trending items (in the context items' categories when given), with their ids."""
         from psycopg import sql
 
         from gateway.retrieval import filter_sql
@@ -922,7 +970,7 @@ class Engine:
             item = Item(facts.external_ids[k], facts.titles[k], facts.brands[k], facts.categories[k], facts.prices[k])
             expl = Explanation(retrievers={"popular": (k + 1, float(facts.popularity[k]))}) if q.explain else None
             hits.append(Hit(item, float(facts.popularity[k]), expl))
-        return hits
+        return facts.ids, hits
 
     async def similar_items(self, item_id: str, k: int, filters: Filters, explain: bool, time_left_s=None) -> Ranked:
         """Items like ``item_id``: the Recommend pipeline anchored on that item, with no user."""

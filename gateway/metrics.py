@@ -12,6 +12,7 @@ and the pipelines':
     aisle_gateway_stage_seconds{rpc, stage}                       (histogram, from Ranked.stage_ms)
     aisle_gateway_query_cache_hits_total, aisle_gateway_query_cache_misses_total
     aisle_gateway_degraded_total{rpc}                             (answers with degraded=true)
+    aisle_gateway_recommend_cache_total{result}                   (hit/miss of plain Recommends)
 
 The metrics live in prometheus_client's default registry (with the process collector's CPU and
 memory, which the dashboard also reads); several servers in one process share them.
@@ -47,6 +48,9 @@ STAGE = Histogram(
 CACHE_HITS = Counter("aisle_gateway_query_cache_hits_total", "Search query embeddings found in the query cache.")
 CACHE_MISSES = Counter("aisle_gateway_query_cache_misses_total", "Search query embeddings the encoder had to compute.")
 DEGRADED = Counter("aisle_gateway_degraded_total", "Answers given with degraded=true.", ["rpc"])
+RECOMMEND_CACHE = Counter(
+    "aisle_gateway_recommend_cache_total", "Plain Recommends answered from the recommendation cache (hit) or not.", ["result"]
+)
 
 
 def code_name(code: grpc.StatusCode | None) -> str:
@@ -116,6 +120,8 @@ def observe_ranked(rpc: str, ranked) -> None:
         STAGE.labels(rpc, stage).observe(ms / 1000.0)
     if ranked.degraded:
         DEGRADED.labels(rpc).inc()
+    if ranked.cache_hit is not None:
+        RECOMMEND_CACHE.labels("hit" if ranked.cache_hit else "miss").inc()
 
 
 class CacheCounters:

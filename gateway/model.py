@@ -95,6 +95,9 @@ class Ranked:
     model_versions: dict[str, str] = field(default_factory=dict)
     # Milliseconds per stage (always measured; returned with explain).
     stage_ms: dict[str, float] = field(default_factory=dict)
+    # Recommend: None when the call could not use the recommendation cache, else whether it
+    # was served from it.
+    cache_hit: bool | None = None
     # Query expansions from the knowledge graph, e.g. {"drill": ["Power Drills"]}.
     expansions: dict[str, list[str]] = field(default_factory=dict)
 

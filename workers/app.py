@@ -26,6 +26,7 @@ def create_app(settings: Settings) -> Celery:
         task_default_queue="db",
         task_routes={
             "aisle.rebuild_graph": {"queue": "db"},
+            "aisle.warm_recommendations": {"queue": "db"},
         },
         beat_schedule={
             **{
@@ -42,6 +43,17 @@ def create_app(settings: Settings) -> Celery:
                 "schedule": settings.graph_interval_s,
                 "options": {"queue": GRAPH.queue},
             },
+            **(
+                {
+                    "warm-recommendations": {
+                        "task": "aisle.warm_recommendations",
+                        "schedule": settings.recommend_warm_interval_s,
+                        "options": {"queue": "db"},
+                    }
+                }
+                if settings.gateway_address and settings.recommend_cache_ttl_s > 0
+                else {}
+            ),
         },
         worker_hijack_root_logger=False,
         worker_send_task_events=False,

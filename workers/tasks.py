@@ -55,3 +55,21 @@ def rebuild_graph(force: bool = False) -> dict:
                 return {"run": None}
     run = dispatch.rebuild_graph(deps)
     return {"run": run.id}
+
+
+@app.task(name="aisle.warm_recommendations", acks_late=True, max_retries=3, default_retry_delay=30)
+def warm_recommendations() -> dict:
+    """One batch of stale users' recommendations; queues the next batch while a full one made
+    progress (beat's next tick picks up the rest otherwise)."""
+    from workers.jobs import recommendations
+
+    deps = resources.deps(need_triton=False)
+    if not deps.settings.gateway_address:
+        return {"asked": 0}
+    with recommendations.gateway_client(deps.settings) as client:
+        result = recommendations.warm(deps.conn, deps.settings, client.recommend)
+    if result.asked == recommendations.WARM_BATCH and result.stored:
+        warm_recommendations.delay()
+    if result.failed:
+        log.warning("recommendation warm-up: %d of %d calls failed", result.failed, result.asked)
+    return {"asked": result.asked, "failed": result.failed, "stored": result.stored, "busy": result.busy}

@@ -94,23 +94,27 @@ class JobName(str, Enum):
     sentiment = "sentiment"
     profiles = "profiles"
     graph = "graph"
+    recommendations = "recommendations"
     all = "all"
 
 
-# Order of `aisle refresh all`: profiles need embeddings; the graph needs items and events.
-ALL_ORDER = ("embeddings", "enrichment", "sentiment", "profiles", "graph")
+# Order of `aisle refresh all`: profiles need embeddings; the graph needs items and events; the
+# cached recommendations need all of them (and a gateway, which computes them).
+ALL_ORDER = ("embeddings", "enrichment", "sentiment", "profiles", "graph", "recommendations")
 
 
 def refresh(
     job: JobName = typer.Argument(..., help="Which job, or all of them in dependency order."),
     celery: bool = typer.Option(False, help="Hand the run to the Celery workers and follow it, instead of working here."),
-    timeout: float = typer.Option(3600, help="With --celery: give up waiting after this many seconds."),
+    timeout: float = typer.Option(3600, help="With --celery, or while the workers warm recommendations: give up waiting after this many seconds."),
 ) -> None:
     """Work a refresh job's backlog to the end, with a progress bar (the same code the workers run)."""
     names = ALL_ORDER if job == JobName.all else (job.value,)
     settings = _settings(need_triton=any(n in ("embeddings", "enrichment", "sentiment") for n in names))
     for name in names:
-        if celery:
+        if name == "recommendations":
+            _warm_recommendations(settings, required=job != JobName.all, timeout=timeout)
+        elif celery:
             _refresh_celery(settings, name, timeout)
         else:
             _refresh_inline(settings, name)
@@ -149,6 +153,58 @@ def _refresh_inline(settings: Settings, name: str) -> None:
         say(f"{name}: {run.done if run else 0} rows{rate}")
     except (DatabaseError, TritonError) as exc:
         fail(f"{name}: {exc}")
+
+
+def _warm_recommendations(settings: Settings, required: bool, timeout: float) -> None:
+    """Ask the gateway for every user whose cached recommendations are missing or stale (the
+    same warm-up the workers run in batches), with a progress bar. While the workers' warm-up
+    holds the lock, follow it instead."""
+    import grpc
+
+    from core.db import DatabaseError
+    from workers.jobs import recommendations
+
+    ttl = settings.recommend_cache_ttl_s
+    if ttl <= 0 or not settings.gateway_address:
+        why = "the cache is off (AISLE_RECOMMEND_CACHE_TTL_S=0)" if ttl <= 0 else (
+            "no gateway: set AISLE_GATEWAY_ADDRESS or start the local stack with `aisle up`"
+        )
+        if required:
+            fail(f"recommendations: {why}")
+        say(f"recommendations: skipped, {why}")
+        return
+    deadline = time.monotonic() + timeout
+    asked = failed = stored = 0
+    try:
+        with _connect(settings) as conn, recommendations.gateway_client(settings) as client, _progress() as bar:
+            total = recommendations.stale_count(conn, ttl)
+            task = bar.add_task("recommendations", total=total, rate=0.0)
+            started = time.monotonic()
+            while True:
+                result = recommendations.warm(conn, settings, client.recommend)
+                if result.busy:
+                    left = recommendations.stale_count(conn, ttl)
+                    bar.update(task, completed=max(0, total - left),
+                               rate=max(0, total - left) / max(time.monotonic() - started, 1e-9))
+                    if not left:
+                        break
+                    if time.monotonic() > deadline:
+                        fail(f"recommendations: {left} users still stale after {timeout:.0f}s", code=EXIT_PARTIAL)
+                    time.sleep(1.0)
+                    continue
+                asked, failed, stored = asked + result.asked, failed + result.failed, stored + result.stored
+                done = max(0, total - recommendations.stale_count(conn, ttl))
+                bar.update(task, completed=done, rate=done / max(time.monotonic() - started, 1e-9))
+                # A batch that stored nothing (every answer failed or came back degraded) would
+                # ask the same users again at once: stop and report.
+                if result.asked < recommendations.WARM_BATCH or not result.stored:
+                    break
+    except (DatabaseError, grpc.RpcError) as exc:
+        fail(f"recommendations: {exc}")
+    if stored < asked:
+        fail(f"recommendations: {asked - stored} of {asked} users have no fresh list ({failed} calls failed, "
+             "the others came back degraded; the gateway's log says why)", code=EXIT_PARTIAL)
+    say(f"recommendations: up to date ({stored} users warmed here)")
 
 
 def _refresh_celery(settings: Settings, name: str, timeout: float) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -258,6 +259,17 @@ def gateway_logs():
     yield capture
     root.removeHandler(capture.handler)
     root.setLevel(old_level)
+
+
+@pytest.fixture
+def hung_triton():
+    """An address that accepts TCP connections and never answers: a Triton wedged or behind
+    a dead proxy, the case where only timeouts help (a stopped one refuses at once)."""
+    sock = socket.socket()
+    sock.bind((processes.LOOPBACK, 0))
+    sock.listen(64)
+    yield f"{processes.LOOPBACK}:{sock.getsockname()[1]}"
+    sock.close()
 
 
 def gateway_settings(catalog: Catalog, triton_url: str, **overrides) -> Settings:

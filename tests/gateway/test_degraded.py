@@ -83,19 +83,6 @@ def test_search_degrades_to_lexical_when_triton_stops(gateway_loop, catalog, own
         gw.stop()
 
 
-@pytest.fixture
-def hung_triton():
-    """An address that accepts TCP connections and never answers: a Triton wedged or behind
-    a dead proxy, the case where only timeouts help (a stopped one refuses at once)."""
-    import socket
-
-    sock = socket.socket()
-    sock.bind((processes.LOOPBACK, 0))
-    sock.listen(64)
-    yield f"{processes.LOOPBACK}:{sock.getsockname()[1]}"
-    sock.close()
-
-
 def test_search_answers_within_its_deadline_when_triton_hangs(gateway_loop, catalog, hung_triton):
     # Given a gateway whose Triton never answers (so it never turns SERVING)
     gw = start_gateway(gateway_loop, gateway_settings(catalog, hung_triton), wait=False)

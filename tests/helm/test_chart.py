@@ -481,6 +481,22 @@ def test_triton_address_of_every_client_is_the_triton_service_grpc_port(case):
         assert (service["spec"].get("clusterIP") == "None") == (values["triton"]["clientLoadBalancing"] == "headless")
 
 
+def test_gateway_address_of_its_clients_is_the_gateway_service_grpc_port(case):
+    name, manifests, values = case
+    gateway_pod = manifests.pod_of(manifests.component("gateway"))
+    clients = (["beat"] if values["beat"].get("enabled", True) else []) + (["refresh"] if values["refresh"]["enabled"] else []) + [
+        f"worker-{w}" for w, d in values["workers"]["deployments"].items() if d.get("enabled", True)]
+    for component in clients:
+        pod = manifests.pod_of(manifests.component(component))
+        address = env_of(pod["spec"]["containers"][0])["AISLE_GATEWAY_ADDRESS"]["value"]
+        host, port = address.rsplit(":", 1)
+        # Then AISLE_GATEWAY_ADDRESS names the Service that selects the gateway pods, on its gRPC port
+        service = manifests.get("Service", host)
+        assert selects(service["spec"]["selector"], gateway_pod["metadata"]["labels"]), f"{name}: {component}"
+        [sp] = [p for p in service["spec"]["ports"] if p["port"] == int(port)]
+        assert sp["name"] == "grpc" and int(port) == values["gateway"]["port"], f"{name}: {component}"
+
+
 def test_database_and_redis_urls_come_from_the_values(case):
     name, manifests, values = case
     for component in ("gateway", "worker-triton", "refresh", "migrations"):
@@ -507,7 +523,7 @@ def test_database_and_redis_urls_come_from_the_values(case):
             assert "postgresql://" not in yaml.safe_dump(doc) and "redis://" not in yaml.safe_dump(doc), doc["metadata"]["name"]
 
 
-def test_api_keys_reach_only_the_gateway_and_only_through_a_secret(case):
+def test_api_keys_reach_only_the_gateway_and_its_clients_through_a_secret(case):
     name, manifests, values = case
     gateway = container(manifests.pod_of(manifests.component("gateway")), "gateway")
     env = env_of(gateway)
@@ -521,11 +537,18 @@ def test_api_keys_reach_only_the_gateway_and_only_through_a_secret(case):
     else:
         # Then the chart's Secret holds the keys comma-separated
         assert manifests.get("Secret", ref["name"])["stringData"][ref["key"]] == ",".join(values["apiKeys"]["keys"])
-    # And no other container gets them, and no key appears outside a Secret
+    # And only the gateway's in-cluster clients get them too (the workers and the refresh job
+    # warm its recommendation cache through Recommend), from the same Secret; no other container
+    clients = {f"worker-{w}" for w in values["workers"]["deployments"]} | {"refresh"}
     for workload, pod in manifests.pod_templates():
+        component = pod["metadata"]["labels"]["app.kubernetes.io/component"]
         for c in pod["spec"]["containers"]:
-            if c is not gateway and workload is not manifests.component("gateway"):
-                assert "AISLE_API_KEYS" not in env_of(c)
+            if c is gateway or workload is manifests.component("gateway"):
+                continue
+            if component in clients:
+                assert env_of(c)["AISLE_API_KEYS"]["valueFrom"]["secretKeyRef"] == ref, component
+            else:
+                assert "AISLE_API_KEYS" not in env_of(c), component
     for doc in manifests.docs:
         if doc["kind"] != "Secret":
             for key in values["apiKeys"]["keys"]:

@@ -141,6 +141,25 @@ key: {{ .key }}
 {{- end }}
 {{- end }}
 
+{{/* Where the workers, beat and the refresh job reach the gateway: they warm its
+recommendation cache by calling Recommend (workers/jobs/recommendations.py), with an API key
+when keys are on. */}}
+{{- define "aisle.gatewayAddressEnv" -}}
+- name: AISLE_GATEWAY_ADDRESS
+  value: {{ printf "%s-gateway:%v" (include "aisle.fullname" .) .Values.gateway.port | quote }}
+{{- end }}
+
+{{/* ... and the key they call it with (beat only schedules the warm-ups: it gets the address). */}}
+{{- define "aisle.gatewayClientEnv" -}}
+{{ include "aisle.gatewayAddressEnv" . }}
+{{- if .Values.apiKeys.enabled }}
+- name: AISLE_API_KEYS
+  valueFrom:
+    secretKeyRef:
+      {{- include "aisle.secretRef" (dict "ctx" . "service" .Values.apiKeys "key" "api-keys") | trim | nindent 6 }}
+{{- end }}
+{{- end }}
+
 {{/* Checksum of the chart-owned configuration: a change rolls the pods that read it. */}}
 {{- define "aisle.configChecksum" -}}
 {{- $cfg := dict "postgres" .Values.postgres "redis" .Values.redis "apiKeys" .Values.apiKeys "app" .Values.app }}

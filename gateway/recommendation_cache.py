@@ -1,0 +1,72 @@
+"""Each user's last computed recommendations, in Postgres (table ``recommendations``).
+
+A plain Recommend (a known user; no context items, filters or explanation) is one indexed read
+when the user's row is fresh: made by the same embedding model and ranker, younger than the
+TTL, and no event of the user newer than the last one the pipeline saw. The user's own events
+therefore take effect on the very next call (read-your-writes); what other users do reaches a
+cached list within the TTL. The gateway writes a row after every clean (not degraded) plain
+Recommend, and the workers' warm-up job (workers/jobs/recommendations.py) asks the gateway for
+the users whose rows are missing or stale, so most calls find one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+
+from gateway.model import Item
+
+# Read and validity in one round trip: an empty result is a miss, whether the user has no
+# row, it is stale, or it holds fewer than k items that still exist.
+_READ = """
+SELECT i.external_id, i.title, i.brand, i.category_path, i.price::float8, x.score
+FROM users u
+JOIN recommendations r ON r.user_id = u.id AND r.model_version = %(version)s
+    AND r.ranker_version = %(ranker)s
+    AND r.computed_at > now() - make_interval(secs => %(ttl)s)
+    AND NOT EXISTS (SELECT 1 FROM events e WHERE e.user_id = u.id AND e.id > r.last_event_id)
+CROSS JOIN LATERAL unnest(r.item_ids, r.scores) WITH ORDINALITY AS x(item_id, score, pos)
+JOIN items i ON i.id = x.item_id
+WHERE u.external_id = %(user)s AND x.pos <= %(k)s
+ORDER BY x.pos
+"""
+
+# A slower computation that saw fewer of the user's events never replaces a newer one.
+_WRITE = """
+INSERT INTO recommendations (user_id, model_version, ranker_version, last_event_id, item_ids, scores)
+VALUES (%(user)s, %(version)s, %(ranker)s, %(last_event)s, %(ids)s, %(scores)s)
+ON CONFLICT (user_id, model_version) DO UPDATE SET
+    ranker_version = EXCLUDED.ranker_version, last_event_id = EXCLUDED.last_event_id,
+    item_ids = EXCLUDED.item_ids, scores = EXCLUDED.scores, computed_at = now()
+WHERE recommendations.last_event_id <= EXCLUDED.last_event_id
+"""
+
+
+@dataclass(frozen=True)
+class CachedHit:
+    item: Item
+    score: float
+
+
+async def read(
+    conn: psycopg.AsyncConnection, external_user_id: str, version: str, ranker: str, ttl_s: float, k: int
+) -> list[CachedHit] | None:
+    """The user's first ``k`` cached recommendations, or None when there is no fresh row with
+    ``k`` items that still exist."""
+    rows = await (await conn.execute(
+        _READ, {"user": external_user_id, "version": version, "ranker": ranker, "ttl": ttl_s, "k": k}
+    )).fetchall()
+    if len(rows) < k:
+        return None
+    return [CachedHit(Item(r[0], r[1], r[2], tuple(r[3] or ()), r[4]), float(r[5])) for r in rows]
+
+
+async def write(
+    conn: psycopg.AsyncConnection, user_id: int, version: str, ranker: str, last_event_id: int,
+    item_ids: list[int], scores: list[float],
+) -> None:
+    await conn.execute(_WRITE, {
+        "user": user_id, "version": version, "ranker": ranker, "last_event": last_event_id,
+        "ids": item_ids, "scores": scores,
+    })

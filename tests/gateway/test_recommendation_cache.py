@@ -1,0 +1,188 @@
+"""The recommendation cache: a user's plain Recommend is stored and read back while fresh; the
+user's own events, the TTL, another ranker, and calls the cache cannot answer go to the
+pipeline; degraded answers are never stored; the workers' warm-up fills it through the gateway."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+import pytest
+
+from core.settings import load_settings
+from gateway.engine import CACHED_RECOMMENDATIONS
+from tests.gateway.conftest import gateway_settings, metric, scrape, start_gateway, unique
+from workers.jobs import recommendations
+
+# These tests serve the real data of ../shared/data (skipped without it).
+pytestmark = pytest.mark.data
+
+# A score no ranker gives: a list carrying it was read from the row this test wrote.
+MARKER = 42.0
+
+
+def cached_row(url: str, user: str):
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT r.item_ids, r.scores, r.last_event_id, (SELECT max(id) FROM events e WHERE e.user_id = u.id) "
+            "FROM recommendations r JOIN users u ON u.id = r.user_id WHERE u.external_id = %s", (user,)
+        ).fetchone()
+
+
+def mark(url: str, user: str, set_sql: str = "") -> None:
+    """Overwrite the user's stored scores with MARKER (and apply ``set_sql`` to the row)."""
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "UPDATE recommendations r SET scores = array_fill(%s::real, ARRAY[cardinality(r.item_ids)])"
+            f"{', ' + set_sql if set_sql else ''} FROM users u WHERE u.id = r.user_id AND u.external_id = %s",
+            (MARKER, user),
+        )
+
+
+def scores(response) -> list[float]:
+    return [i.score for i in response.items]
+
+
+def new_reader(client, catalog) -> str:
+    user = unique("cached")
+    client.track_event(user, catalog.scientific_item, "view")
+    return user
+
+
+def test_a_plain_recommend_is_stored_and_read_back(client, catalog, gateway):
+    # Given a user with one event, recommended items for the first time
+    user = new_reader(client, catalog)
+    before = scrape(gateway.metrics_port)
+    first = client.recommend(user, k=10)
+    # then the list is stored: the cache's full length, seen up to the user's last event, and
+    # the answer is its first ten
+    item_ids, stored_scores, last_event, newest = cached_row(catalog.url, user)
+    assert len(item_ids) == CACHED_RECOMMENDATIONS
+    assert last_event == newest
+    assert scores(first) == pytest.approx(stored_scores[:10], rel=1e-6)
+
+    # When the stored row is marked and the user asks again, for ten and for five
+    mark(catalog.url, user)
+    again, five = client.recommend(user, k=10), client.recommend(user, k=5)
+    # then both answers come from the row, in its order
+    assert [i.id for i in again.items] == [i.id for i in first.items]
+    assert scores(again) == [MARKER] * 10
+    assert [i.id for i in five.items] == [i.id for i in first.items][:5]
+    assert again.model_versions["ranker"] and not again.degraded
+    after = scrape(gateway.metrics_port)
+    assert metric(after, "aisle_gateway_recommend_cache_total", result="hit") - metric(
+        before, "aisle_gateway_recommend_cache_total", result="hit") == 2
+    assert metric(after, "aisle_gateway_recommend_cache_total", result="miss") - metric(
+        before, "aisle_gateway_recommend_cache_total", result="miss") == 1
+
+
+def test_the_users_own_event_makes_the_stored_list_stale_at_once(client, catalog):
+    # Given a user whose stored list is marked
+    user = new_reader(client, catalog)
+    bought = client.recommend(user, k=10).items[0].id
+    mark(catalog.url, user)
+    # When they buy the first recommendation
+    client.track_event(user, bought, "purchase")
+    # then the very next Recommend runs the pipeline: no marker, the purchase left out
+    after = client.recommend(user, k=10)
+    assert MARKER not in scores(after)
+    assert bought not in [i.id for i in after.items]
+    # and stores the list it made, which has seen the purchase
+    _, _, last_event, newest = cached_row(catalog.url, user)
+    assert last_event == newest
+
+
+@pytest.mark.parametrize("stale", ["computed_at = now() - interval '2 hours'", "ranker_version = 'ranker@0'"])
+def test_an_old_row_or_another_rankers_is_not_served(client, catalog, stale):
+    user = new_reader(client, catalog)
+    client.recommend(user, k=10)
+    mark(catalog.url, user, stale)
+    assert MARKER not in scores(client.recommend(user, k=10))
+
+
+@pytest.mark.parametrize("call", [
+    dict(k=CACHED_RECOMMENDATIONS + 1),
+    dict(k=10, explain=True),
+    dict(k=10, max_price=10_000.0),
+])
+def test_calls_the_cache_cannot_answer_run_the_pipeline(client, catalog, call):
+    # Given a user with a marked stored list
+    user = new_reader(client, catalog)
+    client.recommend(user, k=10)
+    mark(catalog.url, user)
+    # then more items than it holds, an explanation, or a filter come from the pipeline
+    response = client.recommend(user, **call)
+    assert response.items and MARKER not in scores(response)
+    # and such calls leave the stored row alone
+    assert cached_row(catalog.url, user)[1] == [MARKER] * CACHED_RECOMMENDATIONS
+
+
+def test_a_degraded_answer_is_not_stored(gateway_loop, catalog, hung_triton, client):
+    # Given a gateway whose Triton never answers (the ranker misses its budget)
+    gw = start_gateway(gateway_loop, gateway_settings(catalog, hung_triton), wait=False)
+    try:
+        user = new_reader(client, catalog)
+        with gw.client() as hung:
+            response = hung.recommend(user, k=10, timeout_s=2.0)
+        # then the answer comes in retrieval order, degraded, and nothing is stored
+        assert response.degraded and response.items
+        assert cached_row(catalog.url, user) is None
+    finally:
+        gw.stop()
+
+
+def test_the_warm_up_asks_the_gateway_for_stale_users(client, catalog, gateway, triton_url):
+    settings = load_settings(database_url=catalog.url, triton_url=triton_url, gateway_address=gateway.address,
+                             api_keys=())
+    with psycopg.connect(catalog.url, autocommit=True) as conn:
+        # Given users without a stored list, the first of them in the warm-up's order
+        stale_before = recommendations.stale_count(conn, settings.recommend_cache_ttl_s)
+        first = recommendations.stale_users(conn, settings.recommend_cache_ttl_s, 3)
+        assert len(first) == 3
+        # When a warm-up of three runs
+        asked: list[str] = []
+
+        def recommend(user: str) -> None:
+            asked.append(user)
+            client.recommend(user)
+
+        result = recommendations.warm(conn, settings, recommend, limit=3)
+        # then it asked for exactly those users, and each now has a fresh list
+        assert sorted(asked) == sorted(first)
+        assert result == recommendations.WarmResult(asked=3, failed=0, stored=3)
+        assert all(cached_row(catalog.url, u) is not None for u in first)
+        assert recommendations.stale_count(conn, settings.recommend_cache_ttl_s) == stale_before - 3
+        assert not set(first) & set(recommendations.stale_users(conn, settings.recommend_cache_ttl_s, 3))
+
+        # and a warm-up that finds another one running does nothing
+        held = threading.Event()
+        release = threading.Event()
+
+        def hold() -> None:
+            with psycopg.connect(catalog.url, autocommit=True) as other:
+                other.execute("SELECT pg_advisory_lock(%s, %s)", recommendations._LOCK)
+                held.set()
+                release.wait(10)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        try:
+            assert held.wait(10)
+            assert recommendations.warm(conn, settings, recommend, limit=3).busy
+            assert len(asked) == 3
+        finally:
+            release.set()
+            holder.join(10)
+
+
+def test_a_warm_up_whose_answers_are_degraded_stores_nothing(catalog, gateway_loop, hung_triton, triton_url):
+    # Given the gateway's Triton hangs, so every answer comes back degraded
+    gw = start_gateway(gateway_loop, gateway_settings(catalog, hung_triton), wait=False)
+    settings = load_settings(database_url=catalog.url, triton_url=triton_url, api_keys=())
+    try:
+        with psycopg.connect(catalog.url, autocommit=True) as conn, gw.client(timeout_s=2.0) as hung:
+            result = recommendations.warm(conn, settings, hung.recommend, limit=2)
+        # then the warm-up says it stored nothing (the CLI stops, the task queues no follow-up)
+        assert result.asked == 2 and result.failed == 0 and result.stored == 0
+    finally:
+        gw.stop()

@@ -1,0 +1,105 @@
+"""Warm-up of the recommendation cache (gateway/recommendation_cache.py): ask the gateway for the
+users whose cached recommendations are missing or stale, so their next plain Recommend is one
+read instead of the pipeline.
+
+The gateway computes and stores each list (the pipeline lives there, next to Triton's ranker and
+the in-memory graph); this job only finds who needs one and calls Recommend for them, as a
+client. It is idempotent: a user asked twice gets the same list stored twice. A user whose
+answer comes back degraded keeps no row and is asked again by a later warm-up.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+import psycopg
+
+from core import embeddings
+from core.settings import Settings
+
+# Users per warm-up task: at ~65 Recommends a second through a 2-core gateway (bench/gateway.py,
+# c=4) a task of 500 takes ~8 s, well inside the broker's visibility timeout.
+WARM_BATCH = 500
+# Calls in flight: the gateway serves concurrent calls on both cores; 4 reached its c=4 rate.
+WARM_CONCURRENCY = 4
+# Deadline of one warm-up call; a slower one is left for the next warm-up.
+CALL_TIMEOUT_S = 10.0
+# Session advisory lock: one warm-up at a time (beat's ticks and a self-queued follow-up would
+# otherwise ask for the same stale users).
+_LOCK = (0x4A4F42, zlib.crc32(b"recommendations") & 0x7FFFFFFF)
+
+# Users with events whose row is missing, saw fewer events than they have, or outlived the TTL;
+# those without a row first, then the oldest rows.
+_STALE_USERS = """
+FROM users u
+LEFT JOIN recommendations r ON r.user_id = u.id AND r.model_version = %(version)s
+WHERE (EXISTS (SELECT 1 FROM events e WHERE e.user_id = u.id AND e.id > coalesce(r.last_event_id, 0))
+       OR r.computed_at <= now() - make_interval(secs => %(ttl)s))
+"""
+_STALE = f"SELECT u.external_id {_STALE_USERS} ORDER BY r.computed_at NULLS FIRST, u.id LIMIT %(limit)s"
+_STILL_STALE = f"SELECT count(*) {_STALE_USERS} AND u.external_id = ANY(%(users)s)"
+
+
+@dataclass(frozen=True)
+class WarmResult:
+    asked: int
+    # Calls that failed (an RPC error: the gateway's log says why).
+    failed: int
+    # Users asked for whose cached list is fresh now (an answer that came back degraded is not
+    # stored, so a warm-up while Triton is down stores nothing and must not repeat at once).
+    stored: int
+    # Another warm-up held the lock: nothing was done.
+    busy: bool = False
+
+
+def stale_users(conn: psycopg.Connection, ttl_s: float, limit: int) -> list[str]:
+    """External ids of up to ``limit`` users whose cached recommendations need computing."""
+    version = embeddings.active(conn).version
+    return [r[0] for r in conn.execute(_STALE, {"version": version, "ttl": ttl_s, "limit": limit})]
+
+
+def stale_count(conn: psycopg.Connection, ttl_s: float) -> int:
+    version = embeddings.active(conn).version
+    return conn.execute(f"SELECT count(*) {_STALE_USERS}", {"version": version, "ttl": ttl_s}).fetchone()[0]
+
+
+def gateway_client(settings: Settings):
+    """A client of the gateway at ``settings.gateway_address`` (close it after use); its
+    ``recommend`` is what :func:`warm` calls."""
+    from gateway.client import AisleClient
+
+    if not settings.gateway_address:
+        raise RuntimeError("no gateway to warm: set AISLE_GATEWAY_ADDRESS")
+    return AisleClient(
+        settings.gateway_address, api_key=settings.api_keys[0] if settings.api_keys else None, timeout_s=CALL_TIMEOUT_S
+    )
+
+
+def warm(conn: psycopg.Connection, settings: Settings, recommend: Callable[[str], None], limit: int = WARM_BATCH) -> WarmResult:
+    """Ask for up to ``limit`` stale users' recommendations (the gateway stores them)."""
+    ttl_s = settings.recommend_cache_ttl_s
+    if ttl_s <= 0:
+        return WarmResult(0, 0, 0)
+    if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", _LOCK).fetchone()[0]:
+        return WarmResult(0, 0, 0, busy=True)
+    try:
+        users = stale_users(conn, ttl_s, limit)
+
+        def ask(user: str) -> bool:
+            try:
+                recommend(user)
+                return True
+            except grpc.RpcError:
+                return False
+
+        with ThreadPoolExecutor(WARM_CONCURRENCY) as pool:
+            ok = list(pool.map(ask, users))
+        version = embeddings.active(conn).version
+        still = conn.execute(_STILL_STALE, {"version": version, "ttl": ttl_s, "users": users}).fetchone()[0]
+        return WarmResult(len(users), ok.count(False), len(users) - still)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s, %s)", _LOCK)
