@@ -26,6 +26,8 @@ from core.settings import Settings
 WARM_BATCH = 500
 # Calls in flight: the gateway serves concurrent calls on both cores; 4 reached its c=4 rate.
 WARM_CONCURRENCY = 4
+# A warm-up stops after this many calls in a row that could not be stored (failed or degraded).
+GIVE_UP_AFTER = 16
 # Deadline of one warm-up call; a slower one is left for the next warm-up.
 CALL_TIMEOUT_S = 10.0
 # Session advisory lock: one warm-up at a time (beat's ticks and a self-queued follow-up would
@@ -79,8 +81,10 @@ def gateway_client(settings: Settings):
     )
 
 
-def warm(conn: psycopg.Connection, settings: Settings, recommend: Callable[[str], None], limit: int = WARM_BATCH) -> WarmResult:
-    """Ask for up to ``limit`` stale users' recommendations (the gateway stores them)."""
+def warm(conn: psycopg.Connection, settings: Settings, recommend: Callable[[str], object],
+         limit: int = WARM_BATCH) -> WarmResult:
+    """Ask for up to ``limit`` stale users' recommendations (the gateway stores them), in
+    chunks of GIVE_UP_AFTER; stop after a chunk of only failed or degraded answers."""
     ttl_s = settings.recommend_cache_ttl_s
     if ttl_s <= 0:
         return WarmResult(0, 0, 0)
@@ -89,17 +93,24 @@ def warm(conn: psycopg.Connection, settings: Settings, recommend: Callable[[str]
     try:
         users = stale_users(conn, ttl_s, limit)
 
-        def ask(user: str) -> bool:
+        def ask(user: str) -> str:
             try:
-                recommend(user)
-                return True
+                return "degraded" if getattr(recommend(user), "degraded", False) else "ok"
             except grpc.RpcError:
-                return False
+                return "failed"
 
+        outcomes: list[str] = []
         with ThreadPoolExecutor(WARM_CONCURRENCY) as pool:
-            ok = list(pool.map(ask, users))
+            for start in range(0, len(users), GIVE_UP_AFTER):
+                chunk = list(pool.map(ask, users[start:start + GIVE_UP_AFTER]))
+                outcomes += chunk
+                # Nothing the gateway answers now would be stored (Triton down, a new catalog's
+                # index not built yet): leave the rest to a later warm-up.
+                if "ok" not in chunk:
+                    break
+        asked = users[:len(outcomes)]
         version = embeddings.active(conn).version
-        still = conn.execute(_STILL_STALE, {"version": version, "ttl": ttl_s, "users": users}).fetchone()[0]
-        return WarmResult(len(users), ok.count(False), len(users) - still)
+        still = conn.execute(_STILL_STALE, {"version": version, "ttl": ttl_s, "users": asked}).fetchone()[0]
+        return WarmResult(len(asked), outcomes.count("failed"), len(asked) - still)
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s, %s)", _LOCK)
