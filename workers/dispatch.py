@@ -11,7 +11,7 @@ from datetime import datetime
 from psycopg import sql
 
 from workers import runs
-from workers.jobs import BATCH_JOBS, GRAPH
+from workers.jobs import BATCH_JOBS, GRAPH, recommendations
 from workers.jobs.base import BatchJob, Deps, plan
 
 Enqueue = Callable[[str, int, int], None]
@@ -237,5 +237,11 @@ def freshness(deps: Deps) -> list[Freshness]:
             backlog = job.backlog(conn)
             lag = (now - backlog.oldest).total_seconds() if backlog.oldest and backlog.pending else 0.0
             out.append(Freshness(job.name, backlog.pending, lag, runs.last_run(conn, job.name)))
+        ttl = deps.settings.recommend_cache_ttl_s
+        if ttl > 0:
+            # The warm-up keeps no runs: its freshness is the stale users and the oldest's age.
+            backlog = recommendations.backlog(conn, ttl)
+            lag = max(0.0, (now - backlog.oldest).total_seconds()) if backlog.oldest and backlog.pending else 0.0
+            out.append(Freshness("recommendations", backlog.pending, lag, None))
     return out
 

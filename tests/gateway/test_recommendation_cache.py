@@ -187,3 +187,23 @@ def test_a_warm_up_whose_answers_are_degraded_stops_and_stores_nothing(catalog, 
         assert result == recommendations.WarmResult(asked=recommendations.GIVE_UP_AFTER, failed=0, stored=0)
     finally:
         gw.stop()
+
+
+def test_status_counts_the_stale_users_and_the_oldest_ones_age(client, catalog, triton_url):
+    from workers import dispatch
+    from workers.jobs.base import Deps
+
+    settings = load_settings(database_url=catalog.url, triton_url=triton_url, api_keys=())
+    user = new_reader(client, catalog)
+    client.recommend(user, k=10)
+    with psycopg.connect(catalog.url, autocommit=True) as conn:
+        before = recommendations.backlog(conn, settings.recommend_cache_ttl_s)
+        # Given a user with a fresh list, when they act
+        client.track_event(user, catalog.brand_item, "view")
+        after = recommendations.backlog(conn, settings.recommend_cache_ttl_s)
+        # then one more user is stale, as the warm-up counts them
+        assert after.pending == before.pending + 1 == recommendations.stale_count(conn, settings.recommend_cache_ttl_s)
+        assert after.oldest is not None
+        # and the status table (and the workers' metrics) carry the row
+        [row] = [f for f in dispatch.freshness(Deps(conn, settings)) if f.job == "recommendations"]
+        assert row.pending == after.pending and row.lag_s > 0 and row.last_run is None

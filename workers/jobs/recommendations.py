@@ -20,6 +20,7 @@ import psycopg
 
 from core import embeddings
 from core.settings import Settings
+from workers.jobs.base import Backlog
 
 # Users per warm-up task: at ~65 Recommends a second through a 2-core gateway (bench/gateway.py,
 # c=4) a task of 500 takes ~8 s, well inside the broker's visibility timeout.
@@ -67,6 +68,21 @@ def stale_users(conn: psycopg.Connection, ttl_s: float, limit: int) -> list[str]
 def stale_count(conn: psycopg.Connection, ttl_s: float) -> int:
     version = embeddings.active(conn).version
     return conn.execute(f"SELECT count(*) {_STALE_USERS}", {"version": version, "ttl": ttl_s}).fetchone()[0]
+
+
+def backlog(conn: psycopg.Connection, ttl_s: float) -> Backlog:
+    """Users whose cached recommendations are missing or stale, and since when the oldest has
+    been: its first event the list has not seen, or the moment the list outlived the TTL."""
+    version = embeddings.active(conn).version
+    pending, oldest = conn.execute(
+        "SELECT count(*), min(least("
+        "  (SELECT min(e.recorded_at) FROM events e WHERE e.user_id = u.id AND e.id > coalesce(r.last_event_id, 0)),"
+        "  CASE WHEN r.computed_at <= now() - make_interval(secs => %(ttl)s)"
+        "       THEN r.computed_at + make_interval(secs => %(ttl)s) END)) "
+        f"{_STALE_USERS}",
+        {"version": version, "ttl": ttl_s},
+    ).fetchone()
+    return Backlog(pending, oldest)
 
 
 def gateway_client(settings: Settings):
