@@ -497,6 +497,18 @@ def test_gateway_address_of_its_clients_is_the_gateway_service_grpc_port(case):
         assert sp["name"] == "grpc" and int(port) == values["gateway"]["port"], f"{name}: {component}"
 
 
+def test_recommendation_cache_settings_reach_the_gateway_and_its_warm_up(case):
+    name, manifests, values = case
+    components = ["gateway"] + (["beat"] if values["beat"].get("enabled", True) else []) + [
+        f"worker-{w}" for w, d in values["workers"]["deployments"].items() if d.get("enabled", True)]
+    for component in components:
+        env = env_of(manifests.pod_of(manifests.component(component))["spec"]["containers"][0])
+        # Then the gateway (which reads and writes the cache) and beat and the workers (which
+        # warm it) see the same TTL and interval, as the values give them
+        assert float(env["AISLE_RECOMMEND_CACHE_TTL_S"]["value"]) == values["app"]["recommendCacheTtlSeconds"], name
+        assert float(env["AISLE_RECOMMEND_WARM_INTERVAL_S"]["value"]) == values["app"]["recommendWarmIntervalSeconds"]
+
+
 def test_database_and_redis_urls_come_from_the_values(case):
     name, manifests, values = case
     for component in ("gateway", "worker-triton", "refresh", "migrations"):

@@ -132,6 +132,10 @@ key: {{ .key }}
   value: {{ include "aisle.tritonUrl" . | quote }}
 - name: AISLE_TRITON_TIMEOUT_S
   value: {{ .Values.app.tritonTimeoutSeconds | toString | quote }}
+- name: AISLE_RECOMMEND_CACHE_TTL_S
+  value: {{ .Values.app.recommendCacheTtlSeconds | toString | quote }}
+- name: AISLE_RECOMMEND_WARM_INTERVAL_S
+  value: {{ .Values.app.recommendWarmIntervalSeconds | toString | quote }}
 - name: AISLE_EMBEDDING_MODEL
   value: {{ .Values.app.embeddingModel | quote }}
 - name: AISLE_LOG_FORMAT
