@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     # events make them stale at once); 0 turns the cache off. An hour: other users' activity
     # and the graph's rebuilds (every graph_interval_s) reach a list within it, and rewarming
     # the Scientific data's 8,442 users takes ~3 min of CPU an hour (~25 ms each).
-    recommend_cache_ttl_s: float = Field(3600.0, ge=0)
+    recommend_cache_ttl_s: float = Field(3600.0, ge=0, le=30 * 86400, allow_inf_nan=False)
     # Seconds between beat's warm-ups of missing or stale cached recommendations (the workers
     # ask the gateway at gateway_address; without one there is no warm-up).
     recommend_warm_interval_s: float = Field(60.0, gt=0)

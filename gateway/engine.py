@@ -267,7 +267,9 @@ class UserState:
     profile: Profile | None
     history: set[int]
     recent: list[int]  # most recent first
-    last_event_id: int = 0  # the newest event read (a cached list made from it is fresh)
+    # The newest event read and how many (a cached list made from them is fresh while both hold).
+    last_event_id: int = 0
+    event_count: int = 0
 
 
 class Engine:
@@ -730,7 +732,7 @@ class Engine:
                 [Event(r[0], r[1], r[2], r[3], v, tuple(r[5] or ())) for r, v in zip(unfolded, vectors)],
                 self.settings.event_weights, self.settings.event_half_life_days * 86400, unfolded[0][7], model.dim,
             )
-        return UserState(user_id, profile, history, recent, max((r[0] for r in events), default=0))
+        return UserState(user_id, profile, history, recent, max((r[0] for r in events), default=0), len(events))
 
     async def recommend(self, q: RecommendQuery) -> Ranked:
         budget, timer = Budget(q.time_left_s), Timer()
@@ -790,7 +792,8 @@ class Engine:
             async with asyncio.timeout(max(budget.left(), 0.001)):
                 async with self.connection() as conn:
                     await recommendation_cache.write(
-                        conn, user.user_id, pool.model.version, self.ranker_version, user.last_event_id, ids, scores
+                        conn, user.user_id, pool.model.version, self.ranker_version, user.last_event_id,
+                        user.event_count, ids, scores,
                     )
         except (TimeoutError, OutOfTime, Unavailable, psycopg.Error) as exc:
             log.warning("recommendation cache write for user %s failed: %s", user.user_id, _short(exc))

@@ -2,7 +2,7 @@
 
 A plain Recommend (a known user; no context items, filters or explanation) is one indexed read
 when the user's row is fresh: made by the same embedding model and ranker, younger than the
-TTL, and no event of the user newer than the last one the pipeline saw. The user's own events
+TTL, and the user's events still the ones the pipeline saw (same newest id, same count). The user's own events
 therefore take effect on the very next call (read-your-writes); what other users do reaches a
 cached list within the TTL. The gateway writes a row after every clean (not degraded) plain
 Recommend, and the workers' warm-up job (workers/jobs/recommendations.py) asks the gateway for
@@ -25,7 +25,8 @@ FROM users u
 JOIN recommendations r ON r.user_id = u.id AND r.model_version = %(version)s
     AND r.ranker_version = %(ranker)s
     AND r.computed_at > now() - make_interval(secs => %(ttl)s)
-    AND NOT EXISTS (SELECT 1 FROM events e WHERE e.user_id = u.id AND e.id > r.last_event_id)
+    AND (SELECT count(*) = r.event_count AND coalesce(max(e.id), 0) = r.last_event_id
+         FROM events e WHERE e.user_id = u.id)
 CROSS JOIN LATERAL unnest(r.item_ids, r.scores) WITH ORDINALITY AS x(item_id, score, pos)
 JOIN items i ON i.id = x.item_id
 WHERE u.external_id = %(user)s AND x.pos <= %(k)s
@@ -34,12 +35,13 @@ ORDER BY x.pos
 
 # A slower computation that saw fewer of the user's events never replaces a newer one.
 _WRITE = """
-INSERT INTO recommendations (user_id, model_version, ranker_version, last_event_id, item_ids, scores)
-VALUES (%(user)s, %(version)s, %(ranker)s, %(last_event)s, %(ids)s, %(scores)s)
+INSERT INTO recommendations (user_id, model_version, ranker_version, last_event_id, event_count, item_ids, scores)
+VALUES (%(user)s, %(version)s, %(ranker)s, %(last_event)s, %(event_count)s, %(ids)s, %(scores)s)
 ON CONFLICT (user_id, model_version) DO UPDATE SET
     ranker_version = EXCLUDED.ranker_version, last_event_id = EXCLUDED.last_event_id,
-    item_ids = EXCLUDED.item_ids, scores = EXCLUDED.scores, computed_at = now()
-WHERE recommendations.last_event_id <= EXCLUDED.last_event_id
+    event_count = EXCLUDED.event_count, item_ids = EXCLUDED.item_ids, scores = EXCLUDED.scores,
+    computed_at = now()
+WHERE (recommendations.last_event_id, recommendations.event_count) <= (EXCLUDED.last_event_id, EXCLUDED.event_count)
 """
 
 
@@ -63,10 +65,10 @@ async def read(
 
 
 async def write(
-    conn: psycopg.AsyncConnection, user_id: int, version: str, ranker: str, last_event_id: int,
+    conn: psycopg.AsyncConnection, user_id: int, version: str, ranker: str, last_event_id: int, event_count: int,
     item_ids: list[int], scores: list[float],
 ) -> None:
     await conn.execute(_WRITE, {
         "user": user_id, "version": version, "ranker": ranker, "last_event": last_event_id,
-        "ids": item_ids, "scores": scores,
+        "event_count": event_count, "ids": item_ids, "scores": scores,
     })

@@ -1,15 +1,18 @@
 -- Each user's recommendations as last computed by the gateway's Recommend pipeline, so a plain
 -- Recommend (no context items, no filters, no explanation) is one indexed read instead of the
 -- pipeline (~24 ms of CPU across Postgres, Triton and the gateway; docs/api.md).
--- A row serves only while no event of the user is newer than `last_event_id` (the user's own
--- events take effect at once: read-your-writes), the ranker is the one that made it, and it is
--- younger than AISLE_RECOMMEND_CACHE_TTL_S (what other users did reaches it within that time).
+-- A row serves only while the user's events are the ones the pipeline saw (the same newest id
+-- and the same count, so the user's own events take effect at once: read-your-writes), the
+-- ranker is the one that made it, and it is younger than AISLE_RECOMMEND_CACHE_TTL_S (what other
+-- users did reaches it within that time).
 CREATE TABLE recommendations (
     user_id        bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     model_version  text NOT NULL REFERENCES embedding_models (version) ON DELETE CASCADE,
     ranker_version text NOT NULL,
-    -- The newest event of the user the pipeline saw.
+    -- The newest event of the user the pipeline saw, and how many it saw: ids are handed out
+    -- before commit, so an event that commits late can have an id below the newest one seen.
     last_event_id  bigint NOT NULL,
+    event_count    integer NOT NULL,
     -- In served order (after diversification), with the ranker's scores.
     item_ids       bigint[] NOT NULL,
     scores         real[] NOT NULL CHECK (cardinality(scores) = cardinality(item_ids)),

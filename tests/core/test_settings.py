@@ -21,6 +21,9 @@ from core.settings import ConfigurationError, load_settings
         ({"AISLE_RATE_LIMIT_QPS": "-1"}, "AISLE_RATE_LIMIT_QPS"),
         ({"AISLE_RATE_LIMIT_QPS": "inf"}, "AISLE_RATE_LIMIT_QPS"),
         ({"AISLE_RATE_LIMIT_BURST": "0"}, "AISLE_RATE_LIMIT_BURST"),
+        ({"AISLE_RECOMMEND_CACHE_TTL_S": "-1"}, "AISLE_RECOMMEND_CACHE_TTL_S"),
+        ({"AISLE_RECOMMEND_CACHE_TTL_S": "1e12"}, "AISLE_RECOMMEND_CACHE_TTL_S"),
+        ({"AISLE_RECOMMEND_WARM_INTERVAL_S": "0"}, "AISLE_RECOMMEND_WARM_INTERVAL_S"),
         ({"AISLE_TLS_CERT": "/no/such/cert.pem", "AISLE_TLS_KEY": "/no/such/key.pem"}, "AISLE_TLS_CERT"),
     ],
 )

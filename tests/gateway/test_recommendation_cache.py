@@ -92,6 +92,26 @@ def test_the_users_own_event_makes_the_stored_list_stale_at_once(client, catalog
     assert last_event == newest
 
 
+def test_an_event_that_commits_after_a_newer_one_still_makes_the_list_stale(client, catalog):
+    # (TrackEvent serialises a user's events on their users row; bulk loads do not.)
+    insert = ("INSERT INTO events (user_id, item_id, type, occurred_at) SELECT u.id, i.id, %s, now() "
+              "FROM users u, items i WHERE u.external_id = %s AND i.external_id = %s")
+    # Given a user, and one of their events whose transaction is still open (its id is taken)
+    user = new_reader(client, catalog)
+    with psycopg.connect(catalog.url) as late, psycopg.connect(catalog.url, autocommit=True) as other:
+        late.execute(insert, ("purchase", user, catalog.brand_item))
+        # when a newer event commits first and the list is computed and stored from it
+        other.execute(insert, ("view", user, catalog.scientific_item))
+        client.recommend(user, k=10)
+        mark(catalog.url, user)
+        assert scores(client.recommend(user, k=10)) == [MARKER] * 10
+        late.commit()
+    # then the late event, whose id is below the newest one the list saw, makes it stale
+    after = client.recommend(user, k=10)
+    assert MARKER not in scores(after)
+    assert catalog.brand_item not in [i.id for i in after.items]
+
+
 @pytest.mark.parametrize("stale", ["computed_at = now() - interval '2 hours'", "ranker_version = 'ranker@0'"])
 def test_an_old_row_or_another_rankers_is_not_served(client, catalog, stale):
     user = new_reader(client, catalog)

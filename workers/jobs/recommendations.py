@@ -35,13 +35,16 @@ CALL_TIMEOUT_S = 10.0
 # otherwise ask for the same stale users).
 _LOCK = (0x4A4F42, zlib.crc32(b"recommendations") & 0x7FFFFFFF)
 
-# Users with events whose row is missing, saw fewer events than they have, or outlived the TTL;
-# those without a row first, then the oldest rows.
+# Users with events whose row is missing, saw other events than they have now, or outlived the
+# TTL (the gateway's freshness test, gateway/recommendation_cache.py); those without a row
+# first, then the oldest rows.
 _STALE_USERS = """
 FROM users u
 LEFT JOIN recommendations r ON r.user_id = u.id AND r.model_version = %(version)s
-WHERE (EXISTS (SELECT 1 FROM events e WHERE e.user_id = u.id AND e.id > coalesce(r.last_event_id, 0))
-       OR r.computed_at <= now() - make_interval(secs => %(ttl)s))
+WHERE EXISTS (SELECT 1 FROM events e WHERE e.user_id = u.id)
+  AND (r.user_id IS NULL
+       OR r.computed_at <= now() - make_interval(secs => %(ttl)s)
+       OR (SELECT count(*) <> r.event_count OR max(e.id) <> r.last_event_id FROM events e WHERE e.user_id = u.id))
 """
 _STALE = f"SELECT u.external_id {_STALE_USERS} ORDER BY r.computed_at NULLS FIRST, u.id LIMIT %(limit)s"
 _STILL_STALE = f"SELECT count(*) {_STALE_USERS} AND u.external_id = ANY(%(users)s)"
