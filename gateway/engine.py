@@ -742,7 +742,7 @@ class Engine:
                 model = await self.active_model()
                 async with self.connection() as conn:
                     cached = await recommendation_cache.read(
-                        conn, q.user_id, model.version, self.ranker_version, self.settings.recommend_cache_ttl_s, q.k
+                        conn, q.user_id, model.version, self.ranker_version, q.k
                     )
             if cached is not None:
                 return Ranked([Hit(c.item, c.score) for c in cached], model_versions=self._versions(model),
@@ -793,7 +793,7 @@ class Engine:
                 async with self.connection() as conn:
                     await recommendation_cache.write(
                         conn, user.user_id, pool.model.version, self.ranker_version, user.last_event_id,
-                        user.event_count, ids, scores,
+                        user.event_count, ids, scores, self.settings.recommend_cache_ttl_s,
                     )
         except (TimeoutError, OutOfTime, Unavailable, psycopg.Error) as exc:
             log.warning("recommendation cache write for user %s failed: %s", user.user_id, _short(exc))

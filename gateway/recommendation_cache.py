@@ -2,7 +2,8 @@
 
 A plain Recommend (a known user; no context items, filters or explanation) is one indexed read
 when the user's row is fresh: made by the same embedding model and ranker, younger than the
-TTL, and the user's events still the ones the pipeline saw (same newest id, same count). The user's own events
+TTL (less up to TTL_SPREAD of it), and the user's events still the ones the pipeline saw (same
+newest id, same count). The user's own events
 therefore take effect on the very next call (read-your-writes); what other users do reaches a
 cached list within the TTL. The gateway writes a row after every clean (not degraded) plain
 Recommend, and the workers' warm-up job (workers/jobs/recommendations.py) asks the gateway for
@@ -17,6 +18,12 @@ import psycopg
 
 from gateway.model import Item
 
+# Each row expires between (1 - TTL_SPREAD) x TTL and TTL after it was written, at random: rows
+# written together (a first warm-up of 8,442 users takes ~2 min) come due over 12 minutes of
+# each hour instead of all at once, so the warm-up that renews them never takes the gateway's
+# whole CPU for minutes on end.
+TTL_SPREAD = 0.2
+
 # Read and validity in one round trip: an empty result is a miss, whether the user has no
 # row, it is stale, or it holds fewer than k items that still exist.
 _READ = """
@@ -24,7 +31,7 @@ SELECT i.external_id, i.title, i.brand, i.category_path, i.price::float8, x.scor
 FROM users u
 JOIN recommendations r ON r.user_id = u.id AND r.model_version = %(version)s
     AND r.ranker_version = %(ranker)s
-    AND r.computed_at > now() - make_interval(secs => %(ttl)s)
+    AND r.expires_at > now()
     AND (SELECT count(*) = r.event_count AND coalesce(max(e.id), 0) = r.last_event_id
          FROM events e WHERE e.user_id = u.id)
 CROSS JOIN LATERAL unnest(r.item_ids, r.scores) WITH ORDINALITY AS x(item_id, score, pos)
@@ -35,12 +42,14 @@ ORDER BY x.pos
 
 # A slower computation that saw fewer of the user's events never replaces a newer one.
 _WRITE = """
-INSERT INTO recommendations (user_id, model_version, ranker_version, last_event_id, event_count, item_ids, scores)
-VALUES (%(user)s, %(version)s, %(ranker)s, %(last_event)s, %(event_count)s, %(ids)s, %(scores)s)
+INSERT INTO recommendations (user_id, model_version, ranker_version, last_event_id, event_count, item_ids, scores,
+                             expires_at)
+VALUES (%(user)s, %(version)s, %(ranker)s, %(last_event)s, %(event_count)s, %(ids)s, %(scores)s,
+        now() + make_interval(secs => %(ttl)s * (1 - %(spread)s * random())))
 ON CONFLICT (user_id, model_version) DO UPDATE SET
     ranker_version = EXCLUDED.ranker_version, last_event_id = EXCLUDED.last_event_id,
     event_count = EXCLUDED.event_count, item_ids = EXCLUDED.item_ids, scores = EXCLUDED.scores,
-    computed_at = now()
+    computed_at = now(), expires_at = EXCLUDED.expires_at
 WHERE (recommendations.last_event_id, recommendations.event_count) <= (EXCLUDED.last_event_id, EXCLUDED.event_count)
 """
 
@@ -52,12 +61,12 @@ class CachedHit:
 
 
 async def read(
-    conn: psycopg.AsyncConnection, external_user_id: str, version: str, ranker: str, ttl_s: float, k: int
+    conn: psycopg.AsyncConnection, external_user_id: str, version: str, ranker: str, k: int
 ) -> list[CachedHit] | None:
     """The user's first ``k`` cached recommendations, or None when there is no fresh row with
     ``k`` items that still exist."""
     rows = await (await conn.execute(
-        _READ, {"user": external_user_id, "version": version, "ranker": ranker, "ttl": ttl_s, "k": k}
+        _READ, {"user": external_user_id, "version": version, "ranker": ranker, "k": k}
     )).fetchall()
     if len(rows) < k:
         return None
@@ -66,9 +75,9 @@ async def read(
 
 async def write(
     conn: psycopg.AsyncConnection, user_id: int, version: str, ranker: str, last_event_id: int, event_count: int,
-    item_ids: list[int], scores: list[float],
+    item_ids: list[int], scores: list[float], ttl_s: float,
 ) -> None:
     await conn.execute(_WRITE, {
         "user": user_id, "version": version, "ranker": ranker, "last_event": last_event_id,
-        "event_count": event_count, "ids": item_ids, "scores": scores,
+        "event_count": event_count, "ids": item_ids, "scores": scores, "ttl": ttl_s, "spread": TTL_SPREAD,
     })

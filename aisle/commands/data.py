@@ -177,13 +177,13 @@ def _warm_recommendations(settings: Settings, required: bool, timeout: float) ->
     asked = failed = stored = 0
     try:
         with _connect(settings) as conn, recommendations.gateway_client(settings) as client, _progress() as bar:
-            total = recommendations.stale_count(conn, ttl)
+            total = recommendations.stale_count(conn)
             task = bar.add_task("recommendations", total=total, rate=0.0)
             started = time.monotonic()
             while True:
                 result = recommendations.warm(conn, settings, client.recommend)
                 if result.busy:
-                    left = recommendations.stale_count(conn, ttl)
+                    left = recommendations.stale_count(conn)
                     bar.update(task, completed=max(0, total - left),
                                rate=max(0, total - left) / max(time.monotonic() - started, 1e-9))
                     if not left:
@@ -193,7 +193,7 @@ def _warm_recommendations(settings: Settings, required: bool, timeout: float) ->
                     time.sleep(1.0)
                     continue
                 asked, failed, stored = asked + result.asked, failed + result.failed, stored + result.stored
-                done = max(0, total - recommendations.stale_count(conn, ttl))
+                done = max(0, total - recommendations.stale_count(conn))
                 bar.update(task, completed=done, rate=done / max(time.monotonic() - started, 1e-9))
                 # A batch that stored nothing (every answer failed or came back degraded) would
                 # ask the same users again at once: stop and report.

@@ -51,10 +51,13 @@ def _jobs(settings) -> list[dict]:
     filled = stack.stack_settings(settings)
     if not filled.database_url:
         return []
+    import psycopg
+
     try:
         with connect(filled.database_url, autocommit=True) as conn:
             rows = dispatch.freshness(Deps(conn, filled))
-    except DatabaseError:
+    except (DatabaseError, psycopg.Error):
+        # Unreachable, or a schema `aisle db migrate` has not brought up to date: no job rows.
         return []
     out = []
     for f in rows:

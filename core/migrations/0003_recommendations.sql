@@ -3,8 +3,8 @@
 -- pipeline (~24 ms of CPU across Postgres, Triton and the gateway; docs/api.md).
 -- A row serves only while the user's events are the ones the pipeline saw (the same newest id
 -- and the same count, so the user's own events take effect at once: read-your-writes), the
--- ranker is the one that made it, and it is younger than AISLE_RECOMMEND_CACHE_TTL_S (what other
--- users did reaches it within that time).
+-- ranker is the one that made it, and it has not expired (AISLE_RECOMMEND_CACHE_TTL_S after it was
+-- made, less up to a fifth: what other users did reaches it within that time).
 CREATE TABLE recommendations (
     user_id        bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     model_version  text NOT NULL REFERENCES embedding_models (version) ON DELETE CASCADE,
@@ -17,7 +17,8 @@ CREATE TABLE recommendations (
     item_ids       bigint[] NOT NULL,
     scores         real[] NOT NULL CHECK (cardinality(scores) = cardinality(item_ids)),
     computed_at    timestamptz NOT NULL DEFAULT now(),
+    expires_at     timestamptz NOT NULL,
     PRIMARY KEY (user_id, model_version)
 );
--- The warm-up job looks for the oldest rows.
-CREATE INDEX recommendations_age ON recommendations (model_version, computed_at);
+-- The warm-up job looks for the expired rows, the earliest first.
+CREATE INDEX recommendations_expiry ON recommendations (model_version, expires_at);

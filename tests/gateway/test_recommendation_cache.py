@@ -11,6 +11,7 @@ import pytest
 
 from core.settings import load_settings
 from gateway.engine import CACHED_RECOMMENDATIONS
+from gateway.recommendation_cache import TTL_SPREAD
 from tests.gateway.conftest import gateway_settings, metric, scrape, start_gateway, unique
 from workers.jobs import recommendations
 
@@ -60,6 +61,14 @@ def test_a_plain_recommend_is_stored_and_read_back(client, catalog, gateway):
     assert len(item_ids) == CACHED_RECOMMENDATIONS
     assert last_event == newest
     assert scores(first) == pytest.approx(stored_scores[:10], rel=1e-6)
+    # and it expires within the last fifth of the TTL after it was written
+    with psycopg.connect(catalog.url) as conn:
+        lifetime = conn.execute(
+            "SELECT extract(epoch FROM r.expires_at - r.computed_at) FROM recommendations r "
+            "JOIN users u ON u.id = r.user_id WHERE u.external_id = %s", (user,)
+        ).fetchone()[0]
+    ttl = load_settings().recommend_cache_ttl_s
+    assert (1 - TTL_SPREAD) * ttl <= float(lifetime) <= ttl
 
     # When the stored row is marked and the user asks again, for ten and for five
     mark(catalog.url, user)
@@ -112,7 +121,7 @@ def test_an_event_that_commits_after_a_newer_one_still_makes_the_list_stale(clie
     assert catalog.brand_item not in [i.id for i in after.items]
 
 
-@pytest.mark.parametrize("stale", ["computed_at = now() - interval '2 hours'", "ranker_version = 'ranker@0'"])
+@pytest.mark.parametrize("stale", ["expires_at = now() - interval '1 second'", "ranker_version = 'ranker@0'"])
 def test_an_old_row_or_another_rankers_is_not_served(client, catalog, stale):
     user = new_reader(client, catalog)
     client.recommend(user, k=10)
@@ -156,8 +165,8 @@ def test_the_warm_up_asks_the_gateway_for_stale_users(client, catalog, gateway, 
                              api_keys=())
     with psycopg.connect(catalog.url, autocommit=True) as conn:
         # Given users without a stored list, the first of them in the warm-up's order
-        stale_before = recommendations.stale_count(conn, settings.recommend_cache_ttl_s)
-        first = recommendations.stale_users(conn, settings.recommend_cache_ttl_s, 3)
+        stale_before = recommendations.stale_count(conn)
+        first = recommendations.stale_users(conn, 3)
         assert len(first) == 3
         # When a warm-up of three runs
         asked: list[str] = []
@@ -171,8 +180,8 @@ def test_the_warm_up_asks_the_gateway_for_stale_users(client, catalog, gateway, 
         assert sorted(asked) == sorted(first)
         assert result == recommendations.WarmResult(asked=3, failed=0, stored=3)
         assert all(cached_row(catalog.url, u) is not None for u in first)
-        assert recommendations.stale_count(conn, settings.recommend_cache_ttl_s) == stale_before - 3
-        assert not set(first) & set(recommendations.stale_users(conn, settings.recommend_cache_ttl_s, 3))
+        assert recommendations.stale_count(conn) == stale_before - 3
+        assert not set(first) & set(recommendations.stale_users(conn, 3))
 
         # and a warm-up that finds another one running does nothing
         held = threading.Event()
@@ -217,12 +226,12 @@ def test_status_counts_the_stale_users_and_the_oldest_ones_age(client, catalog, 
     user = new_reader(client, catalog)
     client.recommend(user, k=10)
     with psycopg.connect(catalog.url, autocommit=True) as conn:
-        before = recommendations.backlog(conn, settings.recommend_cache_ttl_s)
+        before = recommendations.backlog(conn)
         # Given a user with a fresh list, when they act
         client.track_event(user, catalog.brand_item, "view")
-        after = recommendations.backlog(conn, settings.recommend_cache_ttl_s)
+        after = recommendations.backlog(conn)
         # then one more user is stale, as the warm-up counts them
-        assert after.pending == before.pending + 1 == recommendations.stale_count(conn, settings.recommend_cache_ttl_s)
+        assert after.pending == before.pending + 1 == recommendations.stale_count(conn)
         assert after.oldest is not None
         # and the status table (and the workers' metrics) carry the row
         [row] = [f for f in dispatch.freshness(Deps(conn, settings)) if f.job == "recommendations"]

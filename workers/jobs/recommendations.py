@@ -22,11 +22,12 @@ from core import embeddings
 from core.settings import Settings
 from workers.jobs.base import Backlog
 
-# Users per warm-up task: at ~65 Recommends a second through a 2-core gateway (bench/gateway.py,
-# c=4) a task of 500 takes ~8 s, well inside the broker's visibility timeout.
+# Users per warm-up task: a task of 500 takes ~11 s (WARM_CONCURRENCY), well inside the broker's
+# visibility timeout.
 WARM_BATCH = 500
-# Calls in flight: the gateway serves concurrent calls on both cores; 4 reached its c=4 rate.
-WARM_CONCURRENCY = 4
+# Calls in flight: 2 leaves live calls room on a 2-core gateway. A task of 500 users took 11 s
+# (45 a second) against 7-11 s at 4 (the stack's gateway, 2026-12-07).
+WARM_CONCURRENCY = 2
 # A warm-up stops after this many calls in a row that could not be stored (failed or degraded).
 GIVE_UP_AFTER = 16
 # Deadline of one warm-up call; a slower one is left for the next warm-up.
@@ -36,17 +37,17 @@ CALL_TIMEOUT_S = 10.0
 _LOCK = (0x4A4F42, zlib.crc32(b"recommendations") & 0x7FFFFFFF)
 
 # Users with events whose row is missing, saw other events than they have now, or outlived the
-# TTL (the gateway's freshness test, gateway/recommendation_cache.py); those without a row
-# first, then the oldest rows.
+# expired (the gateway's freshness test, gateway/recommendation_cache.py); those without a row
+# first, then the earliest expired.
 _STALE_USERS = """
 FROM users u
 LEFT JOIN recommendations r ON r.user_id = u.id AND r.model_version = %(version)s
 WHERE EXISTS (SELECT 1 FROM events e WHERE e.user_id = u.id)
   AND (r.user_id IS NULL
-       OR r.computed_at <= now() - make_interval(secs => %(ttl)s)
+       OR r.expires_at <= now()
        OR (SELECT count(*) <> r.event_count OR max(e.id) <> r.last_event_id FROM events e WHERE e.user_id = u.id))
 """
-_STALE = f"SELECT u.external_id {_STALE_USERS} ORDER BY r.computed_at NULLS FIRST, u.id LIMIT %(limit)s"
+_STALE = f"SELECT u.external_id {_STALE_USERS} ORDER BY r.expires_at NULLS FIRST, u.id LIMIT %(limit)s"
 _STILL_STALE = f"SELECT count(*) {_STALE_USERS} AND u.external_id = ANY(%(users)s)"
 
 
@@ -62,28 +63,27 @@ class WarmResult:
     busy: bool = False
 
 
-def stale_users(conn: psycopg.Connection, ttl_s: float, limit: int) -> list[str]:
+def stale_users(conn: psycopg.Connection, limit: int) -> list[str]:
     """External ids of up to ``limit`` users whose cached recommendations need computing."""
     version = embeddings.active(conn).version
-    return [r[0] for r in conn.execute(_STALE, {"version": version, "ttl": ttl_s, "limit": limit})]
+    return [r[0] for r in conn.execute(_STALE, {"version": version, "limit": limit})]
 
 
-def stale_count(conn: psycopg.Connection, ttl_s: float) -> int:
+def stale_count(conn: psycopg.Connection) -> int:
     version = embeddings.active(conn).version
-    return conn.execute(f"SELECT count(*) {_STALE_USERS}", {"version": version, "ttl": ttl_s}).fetchone()[0]
+    return conn.execute(f"SELECT count(*) {_STALE_USERS}", {"version": version}).fetchone()[0]
 
 
-def backlog(conn: psycopg.Connection, ttl_s: float) -> Backlog:
+def backlog(conn: psycopg.Connection) -> Backlog:
     """Users whose cached recommendations are missing or stale, and since when the oldest has
-    been: its first event the list has not seen, or the moment the list outlived the TTL."""
+    been: its first event the list has not seen, or the moment the list expired."""
     version = embeddings.active(conn).version
     pending, oldest = conn.execute(
         "SELECT count(*), min(least("
         "  (SELECT min(e.recorded_at) FROM events e WHERE e.user_id = u.id AND e.id > coalesce(r.last_event_id, 0)),"
-        "  CASE WHEN r.computed_at <= now() - make_interval(secs => %(ttl)s)"
-        "       THEN r.computed_at + make_interval(secs => %(ttl)s) END)) "
+        "  CASE WHEN r.expires_at <= now() THEN r.expires_at END)) "
         f"{_STALE_USERS}",
-        {"version": version, "ttl": ttl_s},
+        {"version": version},
     ).fetchone()
     return Backlog(pending, oldest)
 
@@ -104,13 +104,12 @@ def warm(conn: psycopg.Connection, settings: Settings, recommend: Callable[[str]
          limit: int = WARM_BATCH) -> WarmResult:
     """Ask for up to ``limit`` stale users' recommendations (the gateway stores them), in
     chunks of GIVE_UP_AFTER; stop after a chunk of only failed or degraded answers."""
-    ttl_s = settings.recommend_cache_ttl_s
-    if ttl_s <= 0:
+    if settings.recommend_cache_ttl_s <= 0:
         return WarmResult(0, 0, 0)
     if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", _LOCK).fetchone()[0]:
         return WarmResult(0, 0, 0, busy=True)
     try:
-        users = stale_users(conn, ttl_s, limit)
+        users = stale_users(conn, limit)
 
         def ask(user: str) -> str:
             try:
@@ -129,7 +128,7 @@ def warm(conn: psycopg.Connection, settings: Settings, recommend: Callable[[str]
                     break
         asked = users[:len(outcomes)]
         version = embeddings.active(conn).version
-        still = conn.execute(_STILL_STALE, {"version": version, "ttl": ttl_s, "users": asked}).fetchone()[0]
+        still = conn.execute(_STILL_STALE, {"version": version, "users": asked}).fetchone()[0]
         return WarmResult(len(asked), outcomes.count("failed"), len(asked) - still)
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s, %s)", _LOCK)
