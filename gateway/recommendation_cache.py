@@ -1,9 +1,7 @@
 """Each user's last computed recommendations, in Postgres (table ``recommendations``).
 
 A plain Recommend (a known user; no context items, filters or explanation) is one indexed read
-when the user's row is fresh: made by the same embedding model and ranker, younger than the
-TTL (less up to TTL_SPREAD of it), and the user's events still the ones the pipeline saw (same
-newest id, same count). The user's own events
+when the user's row is fresh (:data:`FRESH`) and made by the same ranker. The user's own events
 therefore take effect on the very next call (read-your-writes); what other users do reaches a
 cached list within the TTL. The gateway writes a row after every clean (not degraded) plain
 Recommend, and the workers' warm-up job (workers/jobs/recommendations.py) asks the gateway for
@@ -19,21 +17,27 @@ import psycopg
 from gateway.model import Item
 
 # Each row expires between (1 - TTL_SPREAD) x TTL and TTL after it was written, at random: rows
-# written together (a first warm-up of 8,442 users takes ~2 min) come due over 12 minutes of
+# written together (a first warm-up of 8,442 users takes ~3 min) come due over 12 minutes of
 # each hour instead of all at once, so the warm-up that renews them never takes the gateway's
 # whole CPU for minutes on end.
 TTL_SPREAD = 0.2
 
+# A row ``r`` of user ``u`` that may serve: not expired, and the user's events still the ones
+# the pipeline saw (the same newest id and the same count: ids are taken before commit, so an
+# event can commit after a newer one). The warm-up renews the rows that are not
+# (workers/jobs/recommendations.py).
+FRESH = """r.expires_at > now()
+    AND (SELECT count(*) = r.event_count AND coalesce(max(e.id), 0) = r.last_event_id
+         FROM events e WHERE e.user_id = u.id)"""
+
 # Read and validity in one round trip: an empty result is a miss, whether the user has no
 # row, it is stale, or it holds fewer than k items that still exist.
-_READ = """
+_READ = f"""
 SELECT i.external_id, i.title, i.brand, i.category_path, i.price::float8, x.score
 FROM users u
 JOIN recommendations r ON r.user_id = u.id AND r.model_version = %(version)s
     AND r.ranker_version = %(ranker)s
-    AND r.expires_at > now()
-    AND (SELECT count(*) = r.event_count AND coalesce(max(e.id), 0) = r.last_event_id
-         FROM events e WHERE e.user_id = u.id)
+    AND {FRESH}
 CROSS JOIN LATERAL unnest(r.item_ids, r.scores) WITH ORDINALITY AS x(item_id, score, pos)
 JOIN items i ON i.id = x.item_id
 WHERE u.external_id = %(user)s AND x.pos <= %(k)s

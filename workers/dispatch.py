@@ -237,8 +237,7 @@ def freshness(deps: Deps) -> list[Freshness]:
             backlog = job.backlog(conn)
             lag = (now - backlog.oldest).total_seconds() if backlog.oldest and backlog.pending else 0.0
             out.append(Freshness(job.name, backlog.pending, lag, runs.last_run(conn, job.name)))
-        ttl = deps.settings.recommend_cache_ttl_s
-        if ttl > 0:
+        if deps.settings.recommend_cache_ttl_s > 0:
             # The warm-up keeps no runs: its freshness is the stale users and the oldest's age.
             backlog = recommendations.backlog(conn)
             lag = max(0.0, (now - backlog.oldest).total_seconds()) if backlog.oldest and backlog.pending else 0.0

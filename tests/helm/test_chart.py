@@ -148,6 +148,24 @@ def selects(selector: dict, labels: dict) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
+def enabled_components(values: dict, *names: str) -> list[str]:
+    """Those of ``names`` the values enable (beat and refresh can be off), then every enabled
+    worker deployment."""
+    on = {"beat": values["beat"].get("enabled", True), "refresh": values["refresh"]["enabled"]}
+    return [n for n in names if on.get(n, True)] + [
+        f"worker-{w}" for w, d in values["workers"]["deployments"].items() if d.get("enabled", True)]
+
+
+def addressed_service(manifests, component: str, var: str) -> tuple[dict, dict]:
+    """The Service that ``component``'s host:port variable ``var`` names, and that port's entry
+    in it."""
+    pod = manifests.pod_of(manifests.component(component))
+    host, port = env_of(pod["spec"]["containers"][0])[var]["value"].rsplit(":", 1)
+    service = manifests.get("Service", host)
+    [sp] = [p for p in service["spec"]["ports"] if p["port"] == int(port)]
+    return service, sp
+
+
 def flag(args: list[str], name: str) -> str:
     """Value of `--name=value` or `--name value` in an argument list."""
     for i, arg in enumerate(args):
@@ -465,16 +483,11 @@ def test_triton_address_of_every_client_is_the_triton_service_grpc_port(case):
     triton_workload = manifests.component("triton")
     triton_pod = manifests.pod_of(triton_workload)
     triton = container(triton_pod, "triton")
-    clients = ["gateway"] + (["refresh"] if values["refresh"]["enabled"] else []) + [f"worker-{w}" for w, d in values["workers"]["deployments"].items() if d.get("enabled", True)]
-    for component in clients:
-        pod = manifests.pod_of(manifests.component(component))
-        url = env_of(pod["spec"]["containers"][0])["AISLE_TRITON_URL"]["value"]
-        host, port = url.rsplit(":", 1)
+    for component in enabled_components(values, "gateway", "refresh"):
         # Then AISLE_TRITON_URL names a rendered Service that selects the Triton pods
-        service = manifests.get("Service", host)
-        assert selects(service["spec"]["selector"], triton_pod["metadata"]["labels"]), f"{name}: {host}"
+        service, sp = addressed_service(manifests, component, "AISLE_TRITON_URL")
+        assert selects(service["spec"]["selector"], triton_pod["metadata"]["labels"]), f"{name}: {service['metadata']['name']}"
         # And its port is that Service's gRPC port, which leads to Triton's --grpc-port
-        [sp] = [p for p in service["spec"]["ports"] if p["port"] == int(port)]
         assert sp["name"] == "grpc" and sp["appProtocol"] == "grpc"
         assert resolve_port(triton, sp["targetPort"]) == int(flag(triton["args"], "--grpc-port")) == values["triton"]["ports"]["grpc"]
         # And headless is used exactly when the values ask for client-side balancing
@@ -484,24 +497,16 @@ def test_triton_address_of_every_client_is_the_triton_service_grpc_port(case):
 def test_gateway_address_of_its_clients_is_the_gateway_service_grpc_port(case):
     name, manifests, values = case
     gateway_pod = manifests.pod_of(manifests.component("gateway"))
-    clients = (["beat"] if values["beat"].get("enabled", True) else []) + (["refresh"] if values["refresh"]["enabled"] else []) + [
-        f"worker-{w}" for w, d in values["workers"]["deployments"].items() if d.get("enabled", True)]
-    for component in clients:
-        pod = manifests.pod_of(manifests.component(component))
-        address = env_of(pod["spec"]["containers"][0])["AISLE_GATEWAY_ADDRESS"]["value"]
-        host, port = address.rsplit(":", 1)
+    for component in enabled_components(values, "beat", "refresh"):
         # Then AISLE_GATEWAY_ADDRESS names the Service that selects the gateway pods, on its gRPC port
-        service = manifests.get("Service", host)
+        service, sp = addressed_service(manifests, component, "AISLE_GATEWAY_ADDRESS")
         assert selects(service["spec"]["selector"], gateway_pod["metadata"]["labels"]), f"{name}: {component}"
-        [sp] = [p for p in service["spec"]["ports"] if p["port"] == int(port)]
-        assert sp["name"] == "grpc" and int(port) == values["gateway"]["port"], f"{name}: {component}"
+        assert sp["name"] == "grpc" and sp["port"] == values["gateway"]["port"], f"{name}: {component}"
 
 
 def test_recommendation_cache_settings_reach_the_gateway_and_its_warm_up(case):
     name, manifests, values = case
-    components = ["gateway"] + (["beat"] if values["beat"].get("enabled", True) else []) + [
-        f"worker-{w}" for w, d in values["workers"]["deployments"].items() if d.get("enabled", True)]
-    for component in components:
+    for component in enabled_components(values, "gateway", "beat"):
         env = env_of(manifests.pod_of(manifests.component(component))["spec"]["containers"][0])
         # Then the gateway (which reads and writes the cache) and beat and the workers (which
         # warm it) see the same TTL and interval, as the values give them

@@ -20,6 +20,7 @@ import psycopg
 
 from core import embeddings
 from core.settings import Settings
+from gateway.recommendation_cache import FRESH
 from workers.jobs.base import Backlog
 
 # Users per warm-up task: a task of 500 takes ~11 s (WARM_CONCURRENCY), well inside the broker's
@@ -36,16 +37,13 @@ CALL_TIMEOUT_S = 10.0
 # otherwise ask for the same stale users).
 _LOCK = (0x4A4F42, zlib.crc32(b"recommendations") & 0x7FFFFFFF)
 
-# Users with events whose row is missing, saw other events than they have now, or outlived the
-# expired (the gateway's freshness test, gateway/recommendation_cache.py); those without a row
+# Users with events whose row is missing or not fresh (the gateway's test); those without a row
 # first, then the earliest expired.
-_STALE_USERS = """
+_STALE_USERS = f"""
 FROM users u
 LEFT JOIN recommendations r ON r.user_id = u.id AND r.model_version = %(version)s
 WHERE EXISTS (SELECT 1 FROM events e WHERE e.user_id = u.id)
-  AND (r.user_id IS NULL
-       OR r.expires_at <= now()
-       OR (SELECT count(*) <> r.event_count OR max(e.id) <> r.last_event_id FROM events e WHERE e.user_id = u.id))
+  AND (r.user_id IS NULL OR NOT ({FRESH}))
 """
 _STALE = f"SELECT u.external_id {_STALE_USERS} ORDER BY r.expires_at NULLS FIRST, u.id LIMIT %(limit)s"
 _STILL_STALE = f"SELECT count(*) {_STALE_USERS} AND u.external_id = ANY(%(users)s)"
@@ -63,9 +61,10 @@ class WarmResult:
     busy: bool = False
 
 
-def stale_users(conn: psycopg.Connection, limit: int) -> list[str]:
-    """External ids of up to ``limit`` users whose cached recommendations need computing."""
-    version = embeddings.active(conn).version
+def stale_users(conn: psycopg.Connection, limit: int, version: str | None = None) -> list[str]:
+    """External ids of up to ``limit`` users whose cached recommendations (of the active
+    embedding version unless ``version`` is given) need computing."""
+    version = version or embeddings.active(conn).version
     return [r[0] for r in conn.execute(_STALE, {"version": version, "limit": limit})]
 
 
@@ -109,7 +108,8 @@ def warm(conn: psycopg.Connection, settings: Settings, recommend: Callable[[str]
     if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", _LOCK).fetchone()[0]:
         return WarmResult(0, 0, 0, busy=True)
     try:
-        users = stale_users(conn, limit)
+        version = embeddings.active(conn).version
+        users = stale_users(conn, limit, version)
 
         def ask(user: str) -> str:
             try:
@@ -127,7 +127,6 @@ def warm(conn: psycopg.Connection, settings: Settings, recommend: Callable[[str]
                 if "ok" not in chunk:
                     break
         asked = users[:len(outcomes)]
-        version = embeddings.active(conn).version
         still = conn.execute(_STILL_STALE, {"version": version, "users": asked}).fetchone()[0]
         return WarmResult(len(asked), outcomes.count("failed"), len(asked) - still)
     finally:
