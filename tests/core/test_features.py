@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from core.features import (
     BLEND_SIM_WEIGHT,
+    BM25_B,
+    BM25_K1,
     LexiconStats,
     blend_column,
     brand_share_column,
@@ -87,6 +89,54 @@ def test_an_item_lacking_the_rarest_query_word_scores_lower_than_one_lacking_a_c
     assert cols["max_missing_idf"][1] == pytest.approx(stats.idf("drill"))
     assert cols["max_missing_idf"][2] == 0.0
     assert cols["idf_coverage"][0] < cols["idf_coverage"][1] < cols["idf_coverage"][2] == pytest.approx(1.0)
+
+
+def lexical_by_items(query: list[str], items: list[list[str]], stats: LexiconStats | None) -> list[tuple]:
+    """The lexical columns as defined, item by item: (bm25, query_coverage, item_length,
+    idf_coverage, max_missing_idf, missing_terms)."""
+    terms = set(query)
+    idf = {t: stats.idf(t) if stats else 1.0 for t in terms}
+    avg = stats.mean_length if stats and stats.mean_length > 0 else 8.0
+    rows = []
+    for lexemes in items:
+        doc = set(lexemes)
+        hits = terms & doc
+        hit_idf = sum(idf[t] for t in hits)
+        norm = BM25_K1 * (1 - BM25_B + BM25_B * len(doc) / avg)
+        missing = [idf[t] for t in terms - doc]
+        rows.append((
+            hit_idf * (BM25_K1 + 1) / (1 + norm) if terms else 0.0,
+            len(hits) / len(terms) if terms else 0.0,
+            math.log1p(len(doc)),
+            hit_idf / sum(idf.values()) if terms else 0.0,
+            max(missing, default=0.0),
+            float(len(missing)),
+        ))
+    return rows
+
+
+lexeme = st.sampled_from(["drill", "cordless", "bit", "saw", "pvc", "pipe", "1/2", "dewalt"])
+LEXICAL_COLUMNS = ("bm25", "query_coverage", "item_length", "idf_coverage", "max_missing_idf", "missing_terms")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    query=st.lists(lexeme, max_size=5),
+    items=st.lists(st.lists(lexeme, max_size=8), max_size=12),
+    doc_freq=st.dictionaries(lexeme, st.integers(min_value=0, max_value=1000)),
+    mean_length=st.sampled_from([0.0, 3.5, 9.5]),
+    with_stats=st.booleans(),
+)
+def test_lexical_columns_equal_their_per_item_definition(query, items, doc_freq, mean_length, with_stats):
+    # given any query, items (repeated lexemes included) and catalog statistics, or none
+    stats = LexiconStats(documents=1000, doc_freq=doc_freq, mean_length=mean_length) if with_stats else None
+    # when the columns are computed for all items at once
+    cols = lexical_columns(query, items, stats)
+    # then each item's values are those of the definition
+    assert all(cols[name].shape == (len(items),) and cols[name].dtype == np.float32 for name in LEXICAL_COLUMNS)
+    for k, expected in enumerate(lexical_by_items(query, items, stats)):
+        got = tuple(float(cols[name][k]) for name in LEXICAL_COLUMNS)
+        assert all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6) for a, b in zip(got, expected)), (query, items[k])
 
 
 @pytest.mark.parametrize(
