@@ -182,17 +182,18 @@ def lexical_columns(query: list[str], items: list[list[str]], stats: LexiconStat
         present[:, j] = np.fromiter((term in doc for doc in docs), dtype=bool, count=n)
     idf = np.array([stats.idf(t) if stats else 1.0 for t in terms], dtype=np.float64)
     avg = stats.mean_length if stats and stats.mean_length > 0 else 8.0
-    hit_idf = present @ idf if terms else zeros
+    hit_idf = present @ idf
     total_idf = idf.sum()
     found = present.sum(axis=1)
     lacking = len(terms) - found
     norm = BM25_K1 * (1 - BM25_B + BM25_B * size / avg)
     columns = {
-        "bm25": hit_idf * (BM25_K1 + 1) / (1 + norm) if terms else zeros,
+        "bm25": hit_idf * (BM25_K1 + 1) / (1 + norm),
         "query_coverage": found / len(terms) if terms else zeros,
         "item_length": np.log1p(size),
         "idf_coverage": hit_idf / total_idf if total_idf > 0 else zeros,
-        "max_missing_idf": np.where(present, -np.inf, idf).max(axis=1, initial=-np.inf).clip(min=0) if terms else zeros,
+        # -inf where nothing is missing (IDFs are positive), then 0.
+        "max_missing_idf": np.where(present, -np.inf, idf).max(axis=1, initial=-np.inf).clip(min=0),
         "missing_terms": lacking,
     }
     return {name: np.ascontiguousarray(values, dtype=np.float32) for name, values in columns.items()}

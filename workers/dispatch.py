@@ -130,7 +130,7 @@ def process(deps: Deps, job: BatchJob, first: int, last: int, enqueue: Enqueue |
             # Left to "the next round", they kept this run short of its total, unfinished
             # until the stall redispatch (a worker test caught it at 1,744 of 2,000 items).
             done += _process(deps, job, first, last)
-            left, held = _still_pending(deps, job, first, last)
+            _, held = _still_pending(deps, job, first, last)
         if held:
             raise RangeBusy(job.name, first, last, held)
         top_up(deps, job, enqueue)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import psycopg
@@ -163,23 +164,34 @@ def test_ticks_and_finished_batches_top_the_queue_up_to_the_cap(fresh_database_u
         ).fetchone() == (1000, True)
 
 
-def test_a_task_whose_rows_another_job_holds_retries_instead_of_counting_its_range_done(
-    fresh_database_url, triton_url, tmp_path
-):
+def _one_embeddings_range(url: str, triton_url: str, tmp_path: Path, n: int):
+    """``n`` products and the embeddings job ticked once into a single range over all of them:
+    (deps, job, (first, last), the queue the range's task tops up). Callers end with
+    ``resources.reset()``."""
     from workers import dispatch, resources
     from workers.jobs import BATCH_JOBS
 
-    # given 200 products, one queued embeddings range over all of them, and another job's
-    # transaction holding 50 of those rows (as enrichment's batch over the same items does)
-    load_homedepot(fresh_database_url, tmp_path, 200)
-    settings = load_settings(database_url=fresh_database_url, triton_url=triton_url, embedding_batch=200)
+    load_homedepot(url, tmp_path, n)
+    settings = load_settings(database_url=url, triton_url=triton_url, embedding_batch=n)
     resources.reset()
     deps = resources.deps(need_triton=True, settings=settings)
     job = BATCH_JOBS["embeddings"]
     queue: list[tuple[int, int]] = []
+    dispatch.tick(deps, job, lambda name, first, last: queue.append((first, last)))
+    [only] = queue
+    queue.clear()
+    return deps, job, only, queue
+
+
+def test_a_task_whose_rows_another_job_holds_retries_instead_of_counting_its_range_done(
+    fresh_database_url, triton_url, tmp_path
+):
+    from workers import dispatch, resources
+
+    # given 200 products, one queued embeddings range over all of them, and another job's
+    # transaction holding 50 of those rows (as enrichment's batch over the same items does)
+    deps, job, (first, last), queue = _one_embeddings_range(fresh_database_url, triton_url, tmp_path, 200)
     try:
-        dispatch.tick(deps, job, lambda name, first, last: queue.append((first, last)))
-        [(first, last)] = queue
         with psycopg.connect(fresh_database_url) as holder:
             held = [r[0] for r in holder.execute(
                 "SELECT id FROM items ORDER BY id LIMIT 50 FOR NO KEY UPDATE"
@@ -205,16 +217,10 @@ def test_rows_released_between_the_claim_and_the_probe_are_taken_by_the_same_tas
     fresh_database_url, triton_url, tmp_path
 ):
     from workers import dispatch, resources
-    from workers.jobs import BATCH_JOBS
 
     # given 200 products in one queued embeddings range, 50 of them held by another transaction
     # that lets go just after the task's claim passed them over (the race a worker test met)
-    load_homedepot(fresh_database_url, tmp_path, 200)
-    settings = load_settings(database_url=fresh_database_url, triton_url=triton_url, embedding_batch=200)
-    resources.reset()
-    deps = resources.deps(need_triton=True, settings=settings)
-    job = BATCH_JOBS["embeddings"]
-    queue: list[tuple[int, int]] = []
+    deps, job, (first, last), queue = _one_embeddings_range(fresh_database_url, triton_url, tmp_path, 200)
     holder = psycopg.connect(fresh_database_url)
 
     class ReleasedAfterTheClaim:
@@ -227,8 +233,6 @@ def test_rows_released_between_the_claim_and_the_probe_are_taken_by_the_same_tas
             return done
 
     try:
-        dispatch.tick(deps, job, lambda name, first, last: queue.append((first, last)))
-        [(first, last)] = queue
         holder.execute("SELECT id FROM items ORDER BY id LIMIT 50 FOR NO KEY UPDATE").fetchall()
         # when the range's task runs
         done = dispatch.process(deps, ReleasedAfterTheClaim(), first, last, queue.append)
