@@ -231,6 +231,9 @@ class Pool:
     features: np.ndarray | None = None
     exclude: set[int] = field(default_factory=set)
     user: UserState | None = None
+    # False when the user has history the pipeline could not fully use yet: items of theirs
+    # without embeddings, or no graph rebuilt so far (recommendation_cache.FRESH).
+    complete: bool = True
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,9 @@ class UserState:
     # The newest event read and how many (a cached list made from them is fresh while both hold).
     last_event_id: int = 0
     event_count: int = 0
+    # Events not folded into the stored profile whose items have no embedding yet: the refresh
+    # has not reached them, so the profile and the recent items' neighbours lack them.
+    unembedded: int = 0
 
 
 class Engine:
@@ -732,7 +738,9 @@ class Engine:
                 [Event(r[0], r[1], r[2], r[3], v, tuple(r[5] or ())) for r, v in zip(unfolded, vectors)],
                 self.settings.event_weights, self.settings.event_half_life_days * 86400, unfolded[0][7], model.dim,
             )
-        return UserState(user_id, profile, history, recent, max((r[0] for r in events), default=0), len(events))
+        unembedded = sum(1 for r in events if r[6] and r[4] is None)
+        return UserState(user_id, profile, history, recent, max((r[0] for r in events), default=0), len(events),
+                         unembedded)
 
     async def recommend(self, q: RecommendQuery) -> Ranked:
         budget, timer = Budget(q.time_left_s), Timer()
@@ -793,7 +801,7 @@ class Engine:
                 async with self.connection() as conn:
                     await recommendation_cache.write(
                         conn, user.user_id, pool.model.version, self.ranker_version, user.last_event_id,
-                        user.event_count, ids, scores, self.settings.recommend_cache_ttl_s,
+                        user.event_count, ids, scores, self.settings.recommend_cache_ttl_s, pool.complete,
                     )
         except (TimeoutError, OutOfTime, Unavailable, psycopg.Error) as exc:
             log.warning("recommendation cache write for user %s failed: %s", user.user_id, _short(exc))
@@ -839,6 +847,9 @@ class Engine:
             lists, anchor_facts, anchor_vecs, two_hop = await self._recommend_candidates(
                 model, user, anchors, pool.exclude, q.filters, budget.until(OPTIONAL_RETRIEVAL_SHARE), pool.reasons
             )
+        # The co-occurrence source has loaded the graph by now, unless it failed (then a reason says so).
+        graph = self._graph
+        pool.complete = not (user.history and (user.unembedded or graph is None or graph.version is None))
         ids = [i for i, _ in reciprocal_rank_fusion(lists) if i not in pool.exclude][:RANKED_POOL]
         if not ids:
             return pool

@@ -24,11 +24,18 @@ TTL_SPREAD = 0.2
 
 # A row ``r`` of user ``u`` that may serve: not expired, and the user's events still the ones
 # the pipeline saw (the same newest id and the same count: ids are taken before commit, so an
-# event can commit after a newer one). The warm-up renews the rows that are not
-# (workers/jobs/recommendations.py).
+# event can commit after a newer one). A list made while some of the user's items had no
+# embedding yet, or before the first graph rebuild, serves only while that is still so: once the
+# refresh has caught up, the pipeline has more to go on than the list did. The warm-up renews
+# the rows that are not fresh (workers/jobs/recommendations.py).
 FRESH = """r.expires_at > now()
     AND (SELECT count(*) = r.event_count AND coalesce(max(e.id), 0) = r.last_event_id
-         FROM events e WHERE e.user_id = u.id)"""
+         FROM events e WHERE e.user_id = u.id)
+    AND (r.complete
+         OR NOT EXISTS (SELECT 1 FROM job_runs j WHERE j.job = 'graph' AND j.finished_at IS NOT NULL)
+         OR EXISTS (SELECT 1 FROM events e
+                    LEFT JOIN item_embeddings ie ON ie.item_id = e.item_id AND ie.model_version = r.model_version
+                    WHERE e.user_id = u.id AND ie.item_id IS NULL))"""
 
 # Read and validity in one round trip: an empty result is a miss, whether the user has no
 # row, it is stale, or it holds fewer than k items that still exist.
@@ -47,13 +54,13 @@ ORDER BY x.pos
 # A slower computation that saw fewer of the user's events never replaces a newer one.
 _WRITE = """
 INSERT INTO recommendations (user_id, model_version, ranker_version, last_event_id, event_count, item_ids, scores,
-                             expires_at)
-VALUES (%(user)s, %(version)s, %(ranker)s, %(last_event)s, %(event_count)s, %(ids)s, %(scores)s,
+                             complete, expires_at)
+VALUES (%(user)s, %(version)s, %(ranker)s, %(last_event)s, %(event_count)s, %(ids)s, %(scores)s, %(complete)s,
         now() + make_interval(secs => %(ttl)s * (1 - %(spread)s * random())))
 ON CONFLICT (user_id, model_version) DO UPDATE SET
     ranker_version = EXCLUDED.ranker_version, last_event_id = EXCLUDED.last_event_id,
     event_count = EXCLUDED.event_count, item_ids = EXCLUDED.item_ids, scores = EXCLUDED.scores,
-    computed_at = now(), expires_at = EXCLUDED.expires_at
+    complete = EXCLUDED.complete, computed_at = now(), expires_at = EXCLUDED.expires_at
 WHERE (recommendations.last_event_id, recommendations.event_count) <= (EXCLUDED.last_event_id, EXCLUDED.event_count)
 """
 
@@ -79,9 +86,12 @@ async def read(
 
 async def write(
     conn: psycopg.AsyncConnection, user_id: int, version: str, ranker: str, last_event_id: int, event_count: int,
-    item_ids: list[int], scores: list[float], ttl_s: float,
+    item_ids: list[int], scores: list[float], ttl_s: float, complete: bool = True,
 ) -> None:
+    """Store a user's list; ``complete`` is False when the pipeline lacked part of the user's
+    state (see :data:`FRESH`)."""
     await conn.execute(_WRITE, {
         "user": user_id, "version": version, "ranker": ranker, "last_event": last_event_id,
         "event_count": event_count, "ids": item_ids, "scores": scores, "ttl": ttl_s, "spread": TTL_SPREAD,
+        "complete": complete,
     })

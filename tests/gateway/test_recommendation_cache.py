@@ -121,6 +121,54 @@ def test_an_event_that_commits_after_a_newer_one_still_makes_the_list_stale(clie
     assert catalog.brand_item not in [i.id for i in after.items]
 
 
+def test_a_list_made_before_the_users_items_were_embedded_serves_until_they_are(client, catalog):
+    # Given an item the refresh has not embedded yet (the loader wrote it, no job ran since)
+    # and a user whose only event is on it
+    from core.catalog import content_hash
+
+    item, title = unique("unembedded"), "Benchtop centrifuge rotor for 1.5 ml tubes"
+    with psycopg.connect(catalog.url, autocommit=True) as conn:
+        conn.execute("INSERT INTO items (external_id, title, content_hash) VALUES (%s, %s, %s)",
+                     (item, title, content_hash(title)))
+    try:
+        user = unique("early")
+        client.track_event(user, item, "purchase")
+        # when they are recommended items, the list is stored as made from part of their state,
+        # and serves while the item still has no embedding
+        first = client.recommend(user, k=10)
+        assert item not in [i.id for i in first.items]
+        with psycopg.connect(catalog.url) as conn:
+            complete, = conn.execute(
+                "SELECT r.complete FROM recommendations r JOIN users u ON u.id = r.user_id WHERE u.external_id = %s",
+                (user,),
+            ).fetchone()
+            assert complete is False
+            assert user not in recommendations.stale_users(conn, 100_000)
+        mark(catalog.url, user)
+        assert scores(client.recommend(user, k=10)) == [MARKER] * 10
+        # When the refresh embeds the item (the same row the embeddings job writes)
+        with psycopg.connect(catalog.url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO item_embeddings (item_id, model_version, content_hash, embedding) "
+                "SELECT i.id, e.model_version, i.content_hash, e.embedding FROM items i, item_embeddings e "
+                "JOIN items s ON s.id = e.item_id AND s.external_id = %s WHERE i.external_id = %s",
+                (catalog.scientific_item, item),
+            )
+            # then the warm-up counts the user as stale, and the next call runs the pipeline
+            assert user in recommendations.stale_users(conn, 100_000)
+        after = client.recommend(user, k=10)
+        assert MARKER not in scores(after)
+        # and stores a complete list
+        with psycopg.connect(catalog.url) as conn:
+            assert conn.execute(
+                "SELECT r.complete FROM recommendations r JOIN users u ON u.id = r.user_id WHERE u.external_id = %s",
+                (user,),
+            ).fetchone() == (True,)
+    finally:
+        with psycopg.connect(catalog.url, autocommit=True) as conn:
+            conn.execute("DELETE FROM items WHERE external_id = %s", (item,))
+
+
 @pytest.mark.parametrize("stale", ["expires_at = now() - interval '1 second'", "ranker_version = 'ranker@0'"])
 def test_an_old_row_or_another_rankers_is_not_served(client, catalog, stale):
     user = new_reader(client, catalog)
