@@ -15,7 +15,7 @@ def evaluate_classifier(client: TritonClient, path: Path) -> dict:
 
     rows = read_products(path)
     if not rows:
-        raise ValueError(f"{path}: no labelled products (departments 'missing'/'other' are dropped)")
+        raise ValueError("no labelled products (departments 'missing'/'other' are dropped)")
     predictions = client.classify([name for name, _, _ in rows])
     out = {
         "department": classification_metrics([d for _, d, _ in rows], [p.department[0] for p in predictions]),
@@ -30,7 +30,7 @@ def evaluate_sentiment(client: TritonClient, path: Path) -> dict:
 
     rows = read_reviews(path)
     if not rows:
-        raise ValueError(f"{path}: no labelled reviews (3-star reviews are dropped)")
+        raise ValueError("no labelled reviews (3-star reviews are dropped)")
     predictions = client.sentiment([text for text, _ in rows])
     gold = [label for _, label in rows]
     balance = Counter(gold)

@@ -30,15 +30,26 @@ class Review:
     domain: str = ""
 
 
+def _require(reader: csv.DictReader, columns: tuple[str, ...], what: str) -> set[str]:
+    """The file's columns, or a ValueError naming the ones it lacks (callers name the file)."""
+    have = {c.strip() for c in reader.fieldnames or []}
+    missing = [c for c in columns if c not in have]
+    if missing:
+        raise ValueError(f"{what} needs the column(s) {', '.join(missing)}; "
+                         f"the header has {', '.join(sorted(have)) or 'nothing'}")
+    return have
+
+
 def read_products(path: Path) -> list[tuple[str, str, str]]:
     """``(product_name, department, aisle)`` rows, without the unlabelled departments."""
     with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        _require(reader, ("product_name", "aisle", "department"), "the Instacart format")
         return [
             (row["product_name"].strip(), row["department"].strip(), row["aisle"].strip())
-            for row in csv.DictReader(f)
-            if row["department"].strip() not in UNLABELLED_DEPARTMENTS and row["product_name"].strip()
+            for row in reader
+            if (row["department"] or "").strip() not in UNLABELLED_DEPARTMENTS and (row["product_name"] or "").strip()
         ]
-
 
 
 def rating_label(rating: str) -> str | None:
@@ -56,9 +67,17 @@ def read_review_rows(path: Path) -> list[Review]:
     rows: list[Review] = []
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        has_label = "label" in (reader.fieldnames or [])
-        for row in reader:
-            label = row["label"].strip().lower() if has_label else rating_label(row["rating"])
+        have = {c.strip() for c in reader.fieldnames or []}
+        has_label = "label" in have
+        if not has_label:
+            _require(reader, ("rating",), "a review file without a label column")
+        if not have & {"title", "review_text"}:
+            _require(reader, ("review_text",), "the sentiment format")
+        for line, row in enumerate(reader, start=2):
+            try:
+                label = (row["label"] or "").strip().lower() if has_label else rating_label(row["rating"] or "")
+            except ValueError:
+                raise ValueError(f"line {line}: rating {row['rating']!r} is not a number of stars") from None
             if label not in SENTIMENT_LABELS:
                 continue
             text = review_text(row.get("title") or "", row.get("review_text") or "")

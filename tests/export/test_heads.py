@@ -73,6 +73,22 @@ def test_label_column_wins_over_rating(tmp_path: Path) -> None:
     assert read_reviews(path) == [("Meh. Body", "negative")]
 
 
+@pytest.mark.parametrize("reader, header_and_rows, message", [
+    (read_reviews, "asin,text\nB1,Great\n", "a review file without a label column needs the column(s) rating; the header has asin, text"),
+    (read_reviews, "rating,summary\n5,Great\n", "the sentiment format needs the column(s) review_text"),
+    (read_reviews, "rating,title,review_text\n5,Fine,Body\nfive,Bad,Body\n", "line 3: rating 'five' is not a number of stars"),
+    (read_products, "product_id,name,department\n1,Milk,dairy eggs\n", "the Instacart format needs the column(s) product_name, aisle"),
+])
+def test_a_file_in_another_format_is_refused_with_what_it_lacks(tmp_path: Path, reader, header_and_rows, message) -> None:
+    # given a CSV that is not in the format, or has a bad value on one line
+    path = tmp_path / "data.csv"
+    path.write_text(header_and_rows, encoding="utf-8")
+    # when it is read, then a ValueError says which columns are missing or which line is wrong
+    with pytest.raises(ValueError) as info:
+        reader(path)
+    assert message in str(info.value)
+
+
 def test_review_text_joins_title_and_body() -> None:
     # given titles with and without final punctuation and messy whitespace
     # when they are joined, then the title becomes a sentence and whitespace collapses
