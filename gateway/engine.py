@@ -440,13 +440,18 @@ class Engine:
         keeps serving."""
         now = time.monotonic()
         current = self._graph
-        if current is not None and now - self._graph_polled_at < GRAPH_POLL_S:
+        # Until a first rebuild exists, every call looks for it and waits for it: lists made
+        # without the graph are stored as incomplete, and `aisle refresh all` warms them right
+        # after the rebuild; polling every GRAPH_POLL_S left the first dozen of 8,442 warm-up
+        # calls on the empty snapshot (make demo, 2026-12-07). The look is one indexed max().
+        built = current is not None and current.version is not None
+        if built and now - self._graph_polled_at < GRAPH_POLL_S:
             return current
         if self._graph_load is None or self._graph_load.done():
             self._graph_polled_at = now
             self._graph_load = asyncio.create_task(self._load_graph(current))
             self._graph_load.add_done_callback(_note_graph_failure)
-        if current is not None:
+        if built:
             return current
         return await asyncio.shield(self._graph_load)
 

@@ -40,6 +40,15 @@ def mark(url: str, user: str, set_sql: str = "") -> None:
         )
 
 
+def complete_of(url: str, user: str) -> bool | None:
+    """Whether the user's stored list was made from their whole state (None: no list)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT r.complete FROM recommendations r JOIN users u ON u.id = r.user_id WHERE u.external_id = %s", (user,)
+        ).fetchone()
+    return row[0] if row else None
+
+
 def scores(response) -> list[float]:
     return [i.score for i in response.items]
 
@@ -137,12 +146,8 @@ def test_a_list_made_before_the_users_items_were_embedded_serves_until_they_are(
         # and serves while the item still has no embedding
         first = client.recommend(user, k=10)
         assert item not in [i.id for i in first.items]
+        assert complete_of(catalog.url, user) is False
         with psycopg.connect(catalog.url) as conn:
-            complete, = conn.execute(
-                "SELECT r.complete FROM recommendations r JOIN users u ON u.id = r.user_id WHERE u.external_id = %s",
-                (user,),
-            ).fetchone()
-            assert complete is False
             assert user not in recommendations.stale_users(conn, 100_000)
         mark(catalog.url, user)
         assert scores(client.recommend(user, k=10)) == [MARKER] * 10
@@ -159,14 +164,42 @@ def test_a_list_made_before_the_users_items_were_embedded_serves_until_they_are(
         after = client.recommend(user, k=10)
         assert MARKER not in scores(after)
         # and stores a complete list
-        with psycopg.connect(catalog.url) as conn:
-            assert conn.execute(
-                "SELECT r.complete FROM recommendations r JOIN users u ON u.id = r.user_id WHERE u.external_id = %s",
-                (user,),
-            ).fetchone() == (True,)
+        assert complete_of(catalog.url, user) is True
     finally:
         with psycopg.connect(catalog.url, autocommit=True) as conn:
             conn.execute("DELETE FROM items WHERE external_id = %s", (item,))
+
+
+def test_a_list_made_before_the_first_graph_rebuild_is_renewed_as_soon_as_one_exists(gateway_loop, catalog, triton_url):
+    hide = ("WITH old AS (SELECT id, finished_at FROM job_runs WHERE job = 'graph' AND finished_at IS NOT NULL) "
+            "UPDATE job_runs j SET finished_at = NULL FROM old WHERE j.id = old.id RETURNING old.id, old.finished_at")
+
+    def restore(runs) -> None:
+        with psycopg.connect(catalog.url, autocommit=True) as conn:
+            for run_id, finished_at in runs:
+                conn.execute("UPDATE job_runs SET finished_at = %s WHERE id = %s", (finished_at, run_id))
+
+    # Given a catalog whose graph has never been rebuilt (its finished runs hidden) and a new
+    # gateway on it
+    with psycopg.connect(catalog.url, autocommit=True) as conn:
+        hidden = conn.execute(hide).fetchall()
+    assert hidden
+    gw = start_gateway(gateway_loop, gateway_settings(catalog, triton_url))
+    try:
+        user = unique("before-graph")
+        with gw.client(timeout_s=30) as c:
+            c.track_event(user, catalog.scientific_item, "view")
+            # when a user is recommended items, their list is stored as made without the graph
+            c.recommend(user, k=10)
+            assert complete_of(catalog.url, user) is False
+            # and when the rebuild finishes, the very next call (well inside the gateway's graph
+            # poll interval) runs with the graph and stores a complete list
+            restore(hidden)
+            c.recommend(user, k=10)
+            assert complete_of(catalog.url, user) is True
+    finally:
+        restore(hidden)
+        gw.stop()
 
 
 @pytest.mark.parametrize("stale", ["expires_at = now() - interval '1 second'", "ranker_version = 'ranker@0'"])
