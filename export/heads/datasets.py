@@ -30,14 +30,13 @@ class Review:
     domain: str = ""
 
 
-def _require(reader: csv.DictReader, columns: tuple[str, ...], what: str) -> set[str]:
-    """The file's columns, or a ValueError naming the ones it lacks (callers name the file)."""
+def _require(reader: csv.DictReader, columns: tuple[str, ...], what: str) -> None:
+    """A ValueError naming the columns the file lacks, if any (callers name the file)."""
     have = {c.strip() for c in reader.fieldnames or []}
     missing = [c for c in columns if c not in have]
     if missing:
         raise ValueError(f"{what} needs the column(s) {', '.join(missing)}; "
                          f"the header has {', '.join(sorted(have)) or 'nothing'}")
-    return have
 
 
 def read_products(path: Path) -> list[tuple[str, str, str]]:
