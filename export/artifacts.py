@@ -6,10 +6,12 @@ ONNX graphs are built once into a cache keyed by a fingerprint of what they are 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from core.settings import REPO_ROOT
@@ -94,9 +96,37 @@ def onnx(name: str, force: bool = False, cache: Path = CACHE) -> Path:
         for stale in cache.glob(f"{name}-*.onnx"):
             stale.unlink()
         tmp = path.with_suffix(".tmp")
-        builder(tmp)
+        with _quiet_build():
+            builder(tmp)
         tmp.replace(path)
     return path
+
+
+@contextlib.contextmanager
+def _quiet_build() -> Iterator[None]:
+    """Silence what every build printed and nobody can act on: transformers' weight-loading bars
+    (four per export) and the legacy exporter's tracing notes. The notes are about Python
+    branches on shapes and advanced indexing, which the graphs' parity tests check instead
+    (tests/export: every graph against torch, dynamic batch and sequence included)."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message=r"Exporting aten::index operator of advanced indexing")
+            warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            # dynamo=False is deliberate (onnxscript is not installed): its deprecation notices.
+            warnings.filterwarnings("ignore", message=r"You are using the legacy TorchScript-based ONNX export",
+                                    category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message=r"The feature will be removed", category=DeprecationWarning,
+                                    module=r"torch\.onnx")
+            yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def write_file(name: str, dest: Path) -> None:
