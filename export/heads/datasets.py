@@ -30,9 +30,12 @@ class Review:
     domain: str = ""
 
 
-def _require(reader: csv.DictReader, columns: tuple[str, ...], what: str) -> None:
-    """A ValueError naming the columns the file lacks, if any (callers name the file)."""
-    have = {c.strip() for c in reader.fieldnames or []}
+def _header(reader: csv.DictReader) -> set[str]:
+    return {c.strip() for c in reader.fieldnames or []}
+
+
+def _require(have: set[str], columns: tuple[str, ...], what: str) -> None:
+    """A ValueError naming the columns the header ``have`` lacks, if any (callers name the file)."""
     missing = [c for c in columns if c not in have]
     if missing:
         raise ValueError(f"{what} needs the column(s) {', '.join(missing)}; "
@@ -43,7 +46,7 @@ def read_products(path: Path) -> list[tuple[str, str, str]]:
     """``(product_name, department, aisle)`` rows, without the unlabelled departments."""
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        _require(reader, ("product_name", "aisle", "department"), "the Instacart format")
+        _require(_header(reader), ("product_name", "aisle", "department"), "the Instacart format")
         return [
             (row["product_name"].strip(), row["department"].strip(), row["aisle"].strip())
             for row in reader
@@ -66,12 +69,12 @@ def read_review_rows(path: Path) -> list[Review]:
     rows: list[Review] = []
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        have = {c.strip() for c in reader.fieldnames or []}
+        have = _header(reader)
         has_label = "label" in have
         if not has_label:
-            _require(reader, ("rating",), "a review file without a label column")
+            _require(have, ("rating",), "a review file without a label column")
         if not have & {"title", "review_text"}:
-            _require(reader, ("review_text",), "the sentiment format")
+            _require(have, ("review_text",), "the sentiment format")
         for line, row in enumerate(reader, start=2):
             try:
                 label = (row["label"] or "").strip().lower() if has_label else rating_label(row["rating"] or "")
