@@ -177,13 +177,13 @@ def _warm_recommendations(settings: Settings, required: bool, timeout: float) ->
     asked = failed = stored = 0
     try:
         with _connect(settings) as conn, recommendations.gateway_client(settings) as client, _progress() as bar:
-            total = recommendations.stale_count(conn)
+            total = recommendations.stale_count(conn, warmable=True)
             task = bar.add_task("recommendations", total=total, rate=0.0)
             started = time.monotonic()
             while True:
                 result = recommendations.warm(conn, settings, client.recommend)
                 if result.busy:
-                    left = recommendations.stale_count(conn)
+                    left = recommendations.stale_count(conn, warmable=True)
                     bar.update(task, completed=max(0, total - left),
                                rate=max(0, total - left) / max(time.monotonic() - started, 1e-9))
                     if not left:
@@ -193,17 +193,24 @@ def _warm_recommendations(settings: Settings, required: bool, timeout: float) ->
                     time.sleep(1.0)
                     continue
                 asked, failed, stored = asked + result.asked, failed + result.failed, stored + result.stored
-                done = max(0, total - recommendations.stale_count(conn))
+                done = max(0, total - recommendations.stale_count(conn, warmable=True))
                 bar.update(task, completed=done, rate=done / max(time.monotonic() - started, 1e-9))
                 # A batch that stored nothing (every answer failed or came back degraded) would
                 # ask the same users again at once: stop and report.
                 if result.asked < recommendations.WARM_BATCH or not result.stored:
                     break
+            waiting = recommendations.stale_count(conn) - recommendations.stale_count(conn, warmable=True)
     except (DatabaseError, grpc.RpcError) as exc:
         fail(f"recommendations: {exc}")
     if stored < asked:
         fail(f"recommendations: {asked - stored} of {asked} users have no fresh list ({failed} calls failed, "
              "the others came back degraded; the gateway's log says why)", code=EXIT_PARTIAL)
+    if waiting:
+        # Not a failure: their lists are made as soon as the refresh has embedded their items
+        # (or rebuilt the graph a first time), by the workers' warm-up or their own next call.
+        say(f"recommendations: up to date ({stored} users warmed here); {waiting} users wait for the "
+            "graph's first rebuild or their items' embeddings")
+        return
     say(f"recommendations: up to date ({stored} users warmed here)")
 
 

@@ -170,6 +170,36 @@ def test_a_list_made_before_the_users_items_were_embedded_serves_until_they_are(
             conn.execute("DELETE FROM items WHERE external_id = %s", (item,))
 
 
+def test_the_warm_up_leaves_users_whose_lists_would_be_made_incomplete(client, catalog):
+    # Given two users without a stored list: one whose only event is on an item the refresh
+    # has not embedded yet, one whose item is embedded
+    from core.catalog import content_hash
+
+    item, title = unique("unembedded"), "Digital caliper with a 150 mm range"
+    with psycopg.connect(catalog.url, autocommit=True) as conn:
+        conn.execute("INSERT INTO items (external_id, title, content_hash) VALUES (%s, %s, %s)",
+                     (item, title, content_hash(title)))
+    try:
+        waiting, ready = unique("waiting"), unique("ready")
+        client.track_event(waiting, item, "view")
+        client.track_event(ready, catalog.scientific_item, "view")
+        with psycopg.connect(catalog.url) as conn:
+            # then the warm-up asks for the second only, while both count as stale
+            asked = recommendations.stale_users(conn, 100_000)
+            assert ready in asked and waiting not in asked
+            assert recommendations.stale_count(conn, warmable=True) == len(asked)
+            assert recommendations.stale_count(conn) > len(asked)
+            # and before the graph's first rebuild (its finished runs hidden in this
+            # transaction) it asks for nobody
+            conn.execute("UPDATE job_runs SET finished_at = NULL WHERE job = 'graph'")
+            assert recommendations.stale_users(conn, 100_000) == []
+            assert recommendations.stale_count(conn, warmable=True) == 0
+            conn.rollback()
+    finally:
+        with psycopg.connect(catalog.url, autocommit=True) as conn:
+            conn.execute("DELETE FROM items WHERE external_id = %s", (item,))
+
+
 def test_a_list_made_before_the_first_graph_rebuild_is_renewed_as_soon_as_one_exists(gateway_loop, catalog, triton_url):
     hide = ("WITH old AS (SELECT id, finished_at FROM job_runs WHERE job = 'graph' AND finished_at IS NOT NULL) "
             "UPDATE job_runs j SET finished_at = NULL FROM old WHERE j.id = old.id RETURNING old.id, old.finished_at")
