@@ -4,6 +4,7 @@ pipeline; degraded answers are never stored; the workers' warm-up fills it throu
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import psycopg
@@ -47,6 +48,22 @@ def complete_of(url: str, user: str) -> bool | None:
             "SELECT r.complete FROM recommendations r JOIN users u ON u.id = r.user_id WHERE u.external_id = %s", (user,)
         ).fetchone()
     return row[0] if row else None
+
+
+@contextlib.contextmanager
+def unembedded_item(url: str, title: str):
+    """An item as the loader writes it, before any refresh job has embedded it (removed after)."""
+    from core.catalog import content_hash
+
+    item = unique("unembedded")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO items (external_id, title, content_hash) VALUES (%s, %s, %s)",
+                     (item, title, content_hash(title)))
+    try:
+        yield item
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DELETE FROM items WHERE external_id = %s", (item,))
 
 
 def scores(response) -> list[float]:
@@ -133,13 +150,7 @@ def test_an_event_that_commits_after_a_newer_one_still_makes_the_list_stale(clie
 def test_a_list_made_before_the_users_items_were_embedded_serves_until_they_are(client, catalog):
     # Given an item the refresh has not embedded yet (the loader wrote it, no job ran since)
     # and a user whose only event is on it
-    from core.catalog import content_hash
-
-    item, title = unique("unembedded"), "Benchtop centrifuge rotor for 1.5 ml tubes"
-    with psycopg.connect(catalog.url, autocommit=True) as conn:
-        conn.execute("INSERT INTO items (external_id, title, content_hash) VALUES (%s, %s, %s)",
-                     (item, title, content_hash(title)))
-    try:
+    with unembedded_item(catalog.url, "Benchtop centrifuge rotor for 1.5 ml tubes") as item:
         user = unique("early")
         client.track_event(user, item, "purchase")
         # when they are recommended items, the list is stored as made from part of their state,
@@ -165,21 +176,12 @@ def test_a_list_made_before_the_users_items_were_embedded_serves_until_they_are(
         assert MARKER not in scores(after)
         # and stores a complete list
         assert complete_of(catalog.url, user) is True
-    finally:
-        with psycopg.connect(catalog.url, autocommit=True) as conn:
-            conn.execute("DELETE FROM items WHERE external_id = %s", (item,))
 
 
 def test_the_warm_up_leaves_users_whose_lists_would_be_made_incomplete(client, catalog):
     # Given two users without a stored list: one whose only event is on an item the refresh
     # has not embedded yet, one whose item is embedded
-    from core.catalog import content_hash
-
-    item, title = unique("unembedded"), "Digital caliper with a 150 mm range"
-    with psycopg.connect(catalog.url, autocommit=True) as conn:
-        conn.execute("INSERT INTO items (external_id, title, content_hash) VALUES (%s, %s, %s)",
-                     (item, title, content_hash(title)))
-    try:
+    with unembedded_item(catalog.url, "Digital caliper with a 150 mm range") as item:
         waiting, ready = unique("waiting"), unique("ready")
         client.track_event(waiting, item, "view")
         client.track_event(ready, catalog.scientific_item, "view")
@@ -195,9 +197,6 @@ def test_the_warm_up_leaves_users_whose_lists_would_be_made_incomplete(client, c
             assert recommendations.stale_users(conn, 100_000) == []
             assert recommendations.stale_count(conn, warmable=True) == 0
             conn.rollback()
-    finally:
-        with psycopg.connect(catalog.url, autocommit=True) as conn:
-            conn.execute("DELETE FROM items WHERE external_id = %s", (item,))
 
 
 def test_a_list_made_before_the_first_graph_rebuild_is_renewed_as_soon_as_one_exists(gateway_loop, catalog, triton_url):
