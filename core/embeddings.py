@@ -99,6 +99,17 @@ def vector_expr(model: EmbeddingModel) -> sql.Composable:
     return sql.SQL("(embedding::vector({}))").format(sql.Literal(model.dim))
 
 
+def has_index(conn: psycopg.Connection, model: EmbeddingModel) -> bool:
+    return conn.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s", (index_name(model.version),)).fetchone() is not None
+
+
+# Transaction advisory lock (with the index name's hash) held while a version's index is built:
+# since a tick with nothing pending also makes sure the index exists (a worker may die between
+# finishing a run and building it), two workers may get here at once, and two concurrent
+# CREATE INDEX IF NOT EXISTS of one name fail on the catalog's unique name.
+_INDEX_BUILD_LOCK = 0x484E5357
+
+
 def ensure_index(conn: psycopg.Connection, model: EmbeddingModel) -> bool:
     """Create the version's partial HNSW index if missing; returns whether it was created.
 
@@ -109,9 +120,13 @@ def ensure_index(conn: psycopg.Connection, model: EmbeddingModel) -> bool:
     leaves unfiltered nearest-neighbour retrieval out, degraded.
     """
     name = index_name(model.version)
-    if conn.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s", (name,)).fetchone():
+    if has_index(conn, model):
         return False
     with conn.transaction():
+        locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))", (_INDEX_BUILD_LOCK, name)).fetchone()[0]
+        if not locked or has_index(conn, model):
+            # Another session builds it (and callers that need it wait for it to appear).
+            return False
         conn.execute(sql.SQL("SET LOCAL maintenance_work_mem = {}").format(sql.Literal(BUILD_MEMORY)))
         conn.execute(
             sql.SQL(

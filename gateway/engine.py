@@ -130,6 +130,11 @@ REPLY_MARGIN_S = 0.01
 OPTIONAL_RETRIEVAL_SHARE = 0.5
 # How long the active embedding model and the lexicon are trusted before re-reading.
 MODEL_TTL_S = 10.0
+# ... and how soon a model whose HNSW index was missing is looked at again: every search is
+# degraded until the gateway sees the index, which a new catalog's refresh builds at its end.
+# With MODEL_TTL_S alone that lasted up to 10 s after the build (one indexed catalog lookup a
+# second while it lasts).
+INDEX_POLL_S = 1.0
 # How long a search may spend asking Triton whether the query twin of the encoder is loaded.
 QUERY_MODEL_LOOKUP_S = 0.05
 LEXICON_TTL_S = 600.0
@@ -347,7 +352,7 @@ class Engine:
     async def _active(self) -> tuple[EmbeddingModel, bool]:
         """The active embedding model and whether its HNSW index exists (re-read every MODEL_TTL_S)."""
         now = time.monotonic()
-        if self._model and now - self._model[0] < MODEL_TTL_S:
+        if self._model and now - self._model[0] < (MODEL_TTL_S if self._model[2] else INDEX_POLL_S):
             return self._model[1], self._model[2]
         async with self.connection() as conn:
             row = await (await conn.execute(

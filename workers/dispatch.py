@@ -54,7 +54,11 @@ def tick(deps: Deps, job: BatchJob, enqueue: Enqueue) -> TickResult:
             new_round = started or stalled or run.done >= run.dispatched_rows
             ranges = _refill(deps, job, run, new_round)
     if backlog.pending == 0:
-        if run is not None:
+        # Also when the last run is already finished: the worker that finished it may have died
+        # before its after-run work (the embeddings' index), which is idempotent and cheap to
+        # find done. Never before a first run: an index built on an empty catalog would make
+        # its first refresh insert into a live HNSW index, ten times slower than a bulk build.
+        if run is not None or runs.last_run(conn, job.name) is not None:
             _after_run(deps, job)
         return TickResult(run, False, 0)
     # Enqueue after commit: a task must never run before the run it reports to exists.

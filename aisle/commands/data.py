@@ -207,11 +207,18 @@ def _warm_recommendations(settings: Settings, required: bool, timeout: float) ->
              "the others came back degraded; the gateway's log says why)", code=EXIT_PARTIAL)
     if waiting:
         # Not a failure: their lists are made as soon as the refresh has embedded their items
-        # (or rebuilt the graph a first time), by the workers' warm-up or their own next call.
+        # (or rebuilt the graph, or built the index, a first time), by the workers' warm-up or
+        # their own next call.
         say(f"recommendations: up to date ({stored} users warmed here); {waiting} users wait for the "
-            "graph's first rebuild or their items' embeddings")
+            "graph's first rebuild, the embeddings' index or their items' embeddings")
         return
     say(f"recommendations: up to date ({stored} users warmed here)")
+
+
+# How often `refresh --celery` asks the workers again for a finished run's after-run work: the
+# full catalog's index takes ~10 s to build alone and over a minute beside a refresh, so this
+# only matters when the worker that finished the run died before building it.
+SETTLE_RETICK_S = 30.0
 
 
 def _refresh_celery(settings: Settings, name: str, timeout: float) -> None:
@@ -237,6 +244,20 @@ def _refresh_celery(settings: Settings, name: str, timeout: float) -> None:
                 break
         else:
             fail(f"{name}: still running after {timeout:.0f}s (see `aisle status`)", code=EXIT_PARTIAL)
+        settled = getattr(job, "settled", None)
+        if settled is not None and not settled(conn):
+            # The worker that finished the run does the after-run work (the embeddings' index);
+            # a tick with nothing pending does it too, should that worker have died meanwhile.
+            bar.update(task, description=f"{name} (celery): after the run")
+            last_tick = time.monotonic()
+            while not settled(conn):
+                if time.monotonic() > deadline:
+                    fail(f"{name}: the run finished but its after-run work (the embeddings' index) was not done "
+                         f"after {timeout:.0f}s (see the workers' log)", code=EXIT_PARTIAL)
+                if time.monotonic() - last_tick > SETTLE_RETICK_S:
+                    tick.delay(name)
+                    last_tick = time.monotonic()
+                time.sleep(0.5)
     with conn.transaction():
         last = runs.last_run(conn, name)
     say(f"{name}: up to date" + (f" (last run {last.done} rows, {last.rate or 0:.0f} rows/s)" if last else ""))

@@ -204,6 +204,7 @@ def test_nearest_neighbour_retrieval_waits_for_the_index_of_a_new_catalog(gatewa
                 assert "nearest-neighbour" not in again.degraded_reason
                 assert any(r.name == "dense" for i in again.items for r in i.explanation.retrievers)
 
-            eventually(whole, timeout=15.0)
+            # (within the gateway's index poll, not its 10 s trust in the active model)
+            eventually(whole, timeout=5.0)
     finally:
         gw.stop()

@@ -10,6 +10,7 @@ import threading
 import psycopg
 import pytest
 
+from core import embeddings
 from core.settings import load_settings
 from gateway.engine import CACHED_RECOMMENDATIONS
 from gateway.recommendation_cache import TTL_SPREAD
@@ -194,6 +195,14 @@ def test_the_warm_up_leaves_users_whose_lists_would_be_made_incomplete(client, c
             # and before the graph's first rebuild (its finished runs hidden in this
             # transaction) it asks for nobody
             conn.execute("UPDATE job_runs SET finished_at = NULL WHERE job = 'graph'")
+            assert recommendations.stale_users(conn, 100_000) == []
+            assert recommendations.stale_count(conn, warmable=True) == 0
+            conn.rollback()
+            # and while the version's HNSW index is not built (dropped in this transaction), it
+            # asks for nobody either: the gateway's answers would come back degraded
+            index = embeddings.index_name(embeddings.active(conn).version)
+            assert recommendations.stale_users(conn, 100_000)
+            conn.execute(f'DROP INDEX "{index}"')
             assert recommendations.stale_users(conn, 100_000) == []
             assert recommendations.stale_count(conn, warmable=True) == 0
             conn.rollback()

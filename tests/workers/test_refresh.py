@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from core.settings import load_settings
 from tests.workers.conftest import load_homedepot, trigger, wait_for_run
 
 VERSION = "all-MiniLM-L6-v2@1"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _embeddings(url: str) -> dict[int, tuple[bytes, np.ndarray]]:
@@ -63,6 +66,36 @@ def test_celery_refresh_embeds_every_item_once(workers, worker_env, triton_url, 
     # then the run counted every item once and every item has a correct embedding
     assert run["total"] == run["done"] == n
     assert_every_item_embedded_once_and_correctly(url, triton_url)
+
+
+def test_refresh_with_celery_returns_once_the_index_exists_and_a_tick_rebuilds_a_lost_one(
+    workers, worker_env, tmp_path
+):
+    from core import embeddings
+
+    url = worker_env["AISLE_DATABASE_URL"]
+    # given 300 products a worker has embedded, whose HNSW index is then lost (as when the worker
+    # that finished the run died before building it)
+    load_homedepot(url, tmp_path, 300)
+    workers.start()
+    trigger(worker_env, "embeddings")
+    wait_for_run(url, "embeddings", timeout=180)
+    with psycopg.connect(url, autocommit=True) as conn:
+        model = embeddings.active(conn)
+        deadline = time.monotonic() + 60
+        while not embeddings.has_index(conn, model):
+            assert time.monotonic() < deadline, "the worker that finished the run built no index"
+            time.sleep(0.2)
+        conn.execute(f'DROP INDEX "{embeddings.index_name(model.version)}"')
+    # when `aisle refresh embeddings --celery` runs with nothing left to embed
+    proc = subprocess.run(
+        [sys.executable, "-m", "aisle.cli", "refresh", "embeddings", "--celery", "--timeout", "120"],
+        cwd=REPO, env=worker_env, capture_output=True, text=True, timeout=180, check=False,
+    )
+    # then it returns only once the index exists again, which its tick had a worker build
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    with psycopg.connect(url) as conn:
+        assert embeddings.has_index(conn, model)
 
 
 def test_two_workers_never_embed_an_item_twice(workers, worker_env, triton_url, tmp_path):

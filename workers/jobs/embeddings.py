@@ -62,6 +62,12 @@ class ItemEmbeddings:
                 oldest = first
         return Backlog(pending, oldest)
 
+    def settled(self, conn: psycopg.Connection) -> bool:
+        """Whether the after-run work is done too: every filled version has its index. A run is
+        finished before its index is built (tens of seconds on the full catalog), and until then
+        the gateway's answers are degraded; `aisle refresh --celery` waits for this."""
+        return all(embeddings.has_index(conn, model) for model in embeddings.to_fill(conn))
+
     def after_run(self, deps: Deps) -> None:
         """Build each filled version's HNSW index once its backlog is empty (bulk-building is
         much faster than maintaining the index row by row during a full refresh)."""

@@ -50,12 +50,16 @@ WHERE EXISTS (SELECT 1 FROM events e WHERE e.user_id = u.id)
 # once the refresh catches up (gateway/recommendation_cache.FRESH). On a new catalog the first
 # warm-ups ran while the refresh was embedding it and stored 8,000 such lists, whose pipelines
 # took the cores the refresh needed (2026-12-07). The users left out get a list on their first
-# call as before, and the warm-up's once the refresh has caught up.
+# call as before, and the warm-up's once the refresh has caught up. Nor is anyone warmed before
+# the version's HNSW index exists: the gateway answers degraded without it, nothing is stored,
+# and `aisle refresh all --celery` reached the warm-up while a worker was still building it
+# (2026-12-07: "16 of 16 users have no fresh list").
 # NOT IN over one set of users, not a NOT EXISTS per user: that one was planned as a nested loop
 # over a materialised anti-join (estimated at 1 row, 51k in fact) and took 25 s per warm-up in the
 # middle of a refresh; this is a hashed subplan run once, 53 ms (8,442 users, 51k events).
 _WARMABLE = """
   AND EXISTS (SELECT 1 FROM job_runs j WHERE j.job = 'graph' AND j.finished_at IS NOT NULL)
+  AND EXISTS (SELECT 1 FROM pg_indexes WHERE indexname = %(index)s)
   AND u.id NOT IN (SELECT e.user_id FROM events e
                    WHERE NOT EXISTS (SELECT 1 FROM item_embeddings ie
                                      WHERE ie.item_id = e.item_id AND ie.model_version = %(version)s))
@@ -80,7 +84,8 @@ def stale_users(conn: psycopg.Connection, limit: int, version: str | None = None
     """External ids of up to ``limit`` users whose cached recommendations (of the active
     embedding version unless ``version`` is given) need computing and can be made complete now."""
     version = version or embeddings.active(conn).version
-    return [r[0] for r in conn.execute(_STALE, {"version": version, "limit": limit})]
+    params = {"version": version, "index": embeddings.index_name(version), "limit": limit}
+    return [r[0] for r in conn.execute(_STALE, params)]
 
 
 def stale_count(conn: psycopg.Connection, warmable: bool = False) -> int:
@@ -88,7 +93,7 @@ def stale_count(conn: psycopg.Connection, warmable: bool = False) -> int:
     warm-up would ask for now (:data:`_WARMABLE`)."""
     version = embeddings.active(conn).version
     query = f"SELECT count(*) {_STALE_USERS} {_WARMABLE if warmable else ''}"
-    return conn.execute(query, {"version": version}).fetchone()[0]
+    return conn.execute(query, {"version": version, "index": embeddings.index_name(version)}).fetchone()[0]
 
 
 def backlog(conn: psycopg.Connection) -> Backlog:
