@@ -348,6 +348,10 @@ async def measure(settings, gateway_address: str, metrics_port: int, queries: li
     stub = aisle_pb2_grpc.AisleStub(channel)
     metadata = (("x-api-key", settings.api_keys[0]),) if settings.api_keys else ()
     engine = await Engine.create(settings)
+    # Loaded as the gateway is once it says SERVING (lexicon, graph, item table), so neither
+    # side's first measured calls pay for a load.
+    if not await engine.ready():
+        raise SystemExit("the in-process engine is not ready (Postgres or Triton)")
 
     async def gw_search(q):
         r = await stub.Search(pb.SearchRequest(query=q, page_size=PAGE_SIZE), timeout=DEADLINE_S, metadata=metadata)

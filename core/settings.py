@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     # Gateway: Postgres connections per process. A Search runs up to 4 queries at once; 16
     # covered 16 concurrent clients without waiting on the pool (bench/gateway.py).
     db_pool_size: int = Field(16, ge=2)
+    # Keep every item's facts and embedding in the gateway's memory (gateway/item_table.py;
+    # ~1.6 KB an item at 384 dimensions, 95 MB for 59k) instead of reading each call's
+    # candidates from Postgres. Off for catalogs too large for the gateway's memory.
+    gateway_item_table: bool = True
 
     # Comma-separated API keys for the gateway; empty means no authentication.
     api_keys: Annotated[tuple[str, ...], NoDecode] = ()

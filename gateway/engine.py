@@ -14,6 +14,7 @@ work an answer needs is cancelled at the deadline (DEADLINE_EXCEEDED), not left 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -48,9 +49,10 @@ from core.model_interfaces import query_model
 from core.profiles import Event, Profile, category_affinity, fold
 from core.settings import Settings
 from core.triton import AsyncTritonClient, TritonError, TritonInputError
-from gateway import recommendation_cache, retrieval
+from gateway import item_table, recommendation_cache, retrieval
 from gateway.cooccurrence import CoOccurrenceGraph, Neighbourhood
 from gateway.fusion import mmr, rank_positions, reciprocal_rank_fusion
+from gateway.item_table import ItemTable
 from gateway.lexical_index import LexicalIndex
 from gateway.model import (
     Classification,
@@ -146,6 +148,15 @@ LEXICAL_POLL_S = 5.0
 # beat rebuilds the graph at most every few minutes, so a rebuild shows within seconds.
 GRAPH_POLL_S = 5.0
 CHANGE_MARGIN_S = 120.0
+# The items' facts in memory (gateway/item_table.py): how often the table looks for items changed
+# since its last look (three indexed range scans, ~0.3 ms when nothing changed), how many
+# changed or added items it takes before reading the whole catalog again is cheaper (the whole
+# 59k items with their embeddings: 1.65 s to read and 0.65 s to build; a graph rebuild changes
+# the popularity of ~4,400 items, read again in ~0.1 s), and how long a load serves at most
+# (items deleted outside aisle, added ones read from Postgres meanwhile).
+ITEM_POLL_S = 2.0
+ITEM_STALE_MAX = 5000
+ITEM_TABLE_TTL_S = 600.0
 # Changed items the overlay takes before a full rebuild is cheaper: the overlay is rebuilt at
 # every poll, ~0.1 s per 5,000 items; the base from all 59k items takes ~2 s.
 OVERLAY_MAX = 5000
@@ -297,6 +308,8 @@ class Engine:
         self._graph: GraphSnapshot | None = None
         self._graph_polled_at = 0.0
         self._graph_load: asyncio.Task | None = None
+        self._items: ItemTable | None = None
+        self._items_load: asyncio.Task | None = None
         self.ranker_version = "ranker@1"
 
     @classmethod
@@ -313,7 +326,7 @@ class Engine:
         return cls(settings, pool, AsyncTritonClient(settings.triton_url, settings.triton_timeout_s))
 
     async def close(self) -> None:
-        for task in (self._lexicon_load, self._graph_load):
+        for task in (self._lexicon_load, self._graph_load, self._items_load):
             if task is not None:
                 task.cancel()
         await self.pool.close()
@@ -437,6 +450,72 @@ class Engine:
         self._lexicon = replace(current, polled_at=started, index=index, stamps=stamps, changed=changed)
         return self._lexicon
 
+    def item_table(self, model: EmbeddingModel) -> ItemTable | None:
+        """The items' facts in memory for ``model``, or None until a first load is done (callers
+        read from Postgres meanwhile). Loads and looks for changes run as tasks of their own, as
+        the lexicon's do; the current table keeps serving while they run."""
+        if not self.settings.gateway_item_table:
+            return None
+        now = time.monotonic()
+        current = self._items
+        usable = current is not None and current.version == model.version
+        if usable and now - current.polled_at < ITEM_POLL_S:
+            return current
+        if self._items_load is None or self._items_load.done():
+            full = not usable or now - current.loaded_at >= ITEM_TABLE_TTL_S
+            self._items_load = asyncio.create_task(self._load_items(model) if full else self._poll_items(current, model))
+            self._items_load.add_done_callback(_note_item_table_failure)
+        return current if usable else None
+
+    async def _load_items(self, model: EmbeddingModel) -> ItemTable:
+        started = time.monotonic()
+        async with self.connection(timeout_s=POOL_WAIT_S) as conn:
+            loaded_at_db, rows = await item_table.read(conn, model.version)
+        self._items = await asyncio.to_thread(item_table.build, rows, model.version, model.dim, loaded_at_db, started)
+        _settle_heap()
+        return self._items
+
+    async def _poll_items(self, current: ItemTable, model: EmbeddingModel) -> ItemTable:
+        """Read again the items changed since the last look, and mark those added since the
+        load stale. Rows stamped within CHANGE_MARGIN_S before that look are looked at again (a
+        transaction in flight then commits later); those whose stamps match the table's are
+        left alone."""
+        started = time.monotonic()
+        async with self.connection(timeout_s=POOL_WAIT_S) as conn:
+            polled_at_db, changed = await item_table.changed_since(
+                conn, current.version, current.polled_at_db - timedelta(seconds=CHANGE_MARGIN_S)
+            )
+            held, unknown = current.differing(changed)
+            too_many = max(len(held), len(current.stale) + len(unknown)) > ITEM_STALE_MAX
+            rows = await item_table.rows_of(conn, current.version, held) if held and not too_many else []
+        if too_many:
+            return await self._load_items(model)
+        if not held and not unknown:
+            self._items = replace(current, polled_at=started, polled_at_db=polled_at_db)
+        else:
+            # A copy of the changed columns (the embeddings' 90 MB among them): off the loop.
+            self._items = await asyncio.to_thread(current.with_rows, rows, unknown, polled_at_db, started)
+        return self._items
+
+    async def _facts(
+        self, ids: list[int], model: EmbeddingModel, filters: Filters | None = None,
+        vectors: dict[str, np.ndarray | None] | None = None, with_embeddings: bool = False,
+    ) -> retrieval.ItemFacts:
+        """Facts of the items among ``ids`` that pass ``filters``, in the order of ``ids``: from
+        the table in memory, and from Postgres for the ids it does not hold fresh."""
+        filters = filters or Filters()
+        vectors = {k: v for k, v in (vectors or {}).items() if v is not None}
+        table = self.item_table(model)
+        if table is None:
+            async with self.connection() as conn:
+                return await retrieval.item_facts(conn, ids, model, filters, vectors, with_embeddings)
+        held, missing = table.facts(ids, filters, vectors, with_embeddings)
+        if not missing:
+            return held
+        async with self.connection() as conn:
+            read = await retrieval.item_facts(conn, missing, model, filters, vectors, with_embeddings)
+        return retrieval.merge_facts(ids, held, read)
+
     async def graph(self) -> GraphSnapshot:
         """What Recommend reads of the graph job's output, in memory: item co-occurrence
         (gateway/cooccurrence.py) and the popular items per category (gateway/popular.py),
@@ -479,11 +558,17 @@ class Engine:
         """An active embedding model, the lexicon and the co-occurrence graph loaded (so the
         first calls do not wait for them) and Triton ready."""
         try:
-            await self.active_model()
+            model = await self.active_model()
             await self.lexicon()
             await self.graph()
         except Unavailable:
             return False
+        if self.item_table(model) is None and self._items_load is not None:
+            # Loaded too, though calls do not need it: until then each reads its facts from
+            # Postgres, and a benchmark's first seconds would measure that. A failed load is
+            # logged and retried by the next call, not a reason to stay unready.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._items_load)
         return await self.triton.ready()
 
     async def _query_model(self, triton_model: str) -> str:
@@ -565,8 +650,7 @@ class Engine:
             return pool
         async with timer.stage("features"):
             profile = user.profile.unit() if user is not None and user.profile is not None else None
-            async with self.connection() as conn:
-                facts = await retrieval.item_facts(conn, ids, model, q.filters, {"query": qvec, "profile": profile})
+            facts = await self._facts(ids, model, q.filters, {"query": qvec, "profile": profile})
             signals = self._signals(True, facts, lists, scores_by, user, graph_paths)
             docs = lexicon.index.lexemes_of(facts.ids)
             missing = [i for i, doc in zip(facts.ids, docs) if doc is None]
@@ -644,6 +728,10 @@ class Engine:
         return lists, scores_by, graph_paths, expansions, lexemes, state
 
     async def _order_by_vector(self, ids, vector, model, filters, n) -> list[int]:
+        table = self.item_table(model)
+        ordered = table.closest(ids, vector, n, filters) if table is not None else None
+        if ordered is not None:
+            return ordered
         async with self.connection() as conn:
             return await retrieval.closest_of(conn, ids, model, vector, n, filters)
 
@@ -866,15 +954,12 @@ class Engine:
         async with timer.stage("features"):
             anchor = _mean_unit(anchor_vecs) if len(anchor_vecs) else None
             profile = user.profile.unit() if user.profile is not None and user.profile.weight > 0 else None
-            async with self.connection() as conn:
-                # Similarities to every recent item computed where the vectors are, instead of
-                # reading the pool's 300 embeddings (see _diversify).
-                recent = {f"recent_{j}": v for j, v in enumerate(anchor_vecs[1:], start=1)}
-                facts = await retrieval.item_facts(
-                    conn, ids, model, q.filters,
-                    {"query": anchor if anchor is not None else profile, "profile": profile,
-                     "last": anchor_vecs[0] if len(anchor_vecs) else None, **recent},
-                )
+            recent = {f"recent_{j}": v for j, v in enumerate(anchor_vecs[1:], start=1)}
+            facts = await self._facts(
+                ids, model, q.filters,
+                {"query": anchor if anchor is not None else profile, "profile": profile,
+                 "last": anchor_vecs[0] if len(anchor_vecs) else None, **recent},
+            )
             cooc, forward, backward = await self._cooccurrence(anchors, facts.ids)
             signals = self._signals(False, facts, lists, {}, user, {})
             signals.columns.update(cooc)
@@ -922,8 +1007,7 @@ class Engine:
                 return await retrieval.dense(conn, model, vector, RECOMMEND_DENSE, filters, exclude=list(exclude)[:1000],
                                              ef_search=RECOMMEND_DENSE)
 
-        async with self.connection() as conn:
-            anchor_facts = await retrieval.item_facts(conn, anchors, model, with_embeddings=True)
+        anchor_facts = await self._facts(anchors, model, with_embeddings=True)
         anchor_vecs = anchor_facts.embeddings[np.linalg.norm(anchor_facts.embeddings, axis=1) > 0]
         profile_vec = user.profile.unit() if user.profile is not None and user.profile.weight > 0 else None
         last_vec = anchor_vecs[0] if len(anchor_vecs) else None
@@ -1057,6 +1141,11 @@ def _mean_unit(vectors: np.ndarray) -> np.ndarray:
 def _note_lexicon_failure(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("lexicon load failed (the next search retries): %s", task.exception())
+
+
+def _note_item_table_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("item table load failed (facts are read from Postgres meanwhile): %s", _short(task.exception()))
 
 
 def _note_graph_failure(task: asyncio.Task) -> None:

@@ -311,6 +311,37 @@ async def category_popularity(conn: psycopg.AsyncConnection) -> tuple[list[str],
     )
 
 
+def merge_facts(ids: list[int], *parts: ItemFacts) -> ItemFacts:
+    """The rows of ``parts`` (facts of disjoint ids, with the same sims) in the order of ``ids``."""
+    where = {i: (p, k) for p, part in enumerate(parts) for k, i in enumerate(part.ids)}
+    picked = [where[i] for i in ids if i in where]
+
+    def gather_list(name: str) -> list:
+        return [getattr(parts[p], name)[k] for p, k in picked]
+
+    def gather_array(get) -> np.ndarray:
+        offsets = np.cumsum([0] + [len(part.ids) for part in parts])
+        flat = np.concatenate([get(part) for part in parts])
+        return flat[[offsets[p] + k for p, k in picked]] if picked else flat[:0]
+
+    merged = ItemFacts(
+        ids=gather_list("ids"),
+        external_ids=gather_list("external_ids"),
+        titles=gather_list("titles"),
+        brands=gather_list("brands"),
+        categories=gather_list("categories"),
+        prices=gather_list("prices"),
+        popularity=gather_array(lambda f: f.popularity),
+        rating=gather_array(lambda f: f.rating),
+        review_count=gather_array(lambda f: f.review_count),
+        sentiment=gather_array(lambda f: f.sentiment),
+        sims={name: gather_array(lambda f, name=name: f.sims[name]) for name in parts[0].sims},
+    )
+    if parts[0].embeddings is not None:
+        merged.embeddings = gather_array(lambda f: f.embeddings)
+    return merged
+
+
 async def item_facts(
     conn: psycopg.AsyncConnection,
     ids: list[int],

@@ -1,0 +1,241 @@
+"""The items' facts in the gateway's memory (gateway/item_table.py) against the SQL they stand
+in for, and how the table follows changes, on the gateway test catalog."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from core.db import configure_async
+from core.embeddings import EmbeddingModel
+from gateway import item_table, retrieval
+from gateway.engine import ITEM_POLL_S, Engine
+from gateway.model import Filters
+from tests.gateway.conftest import gateway_settings, unique
+
+pytestmark = pytest.mark.data
+
+
+async def _connect(url: str) -> psycopg.AsyncConnection:
+    conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+    await configure_async(conn)
+    return conn
+
+
+async def _model(conn) -> EmbeddingModel:
+    return EmbeddingModel(*await (await conn.execute(
+        "SELECT version, triton_model, dim, status FROM embedding_models WHERE status = 'active'"
+    )).fetchone())
+
+
+@pytest.fixture(scope="module")
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def db(loop, catalog):
+    conn = loop.run_until_complete(_connect(catalog.url))
+    yield conn
+    loop.run_until_complete(conn.close())
+
+
+@pytest.fixture(scope="module")
+def table(loop, db) -> item_table.ItemTable:
+    model = loop.run_until_complete(_model(db))
+    at, rows = loop.run_until_complete(item_table.read(db, model.version))
+    return item_table.build(rows, model.version, model.dim, at, time.monotonic())
+
+
+@pytest.fixture(scope="module")
+def values(table):
+    """Filter values the catalog holds: categories at every level, brands, prices."""
+    categories = sorted({c for path in table.categories for c in path})
+    brands = sorted({b for b in table.brands if b})
+    return categories, brands
+
+
+def filters_from(values):
+    categories, brands = values
+    # Case differs from the stored values on purpose: filters match case-insensitively.
+    category = st.sampled_from(categories).map(lambda c: c.upper() if len(c) % 2 else c.lower())
+    brand = st.sampled_from(brands).map(lambda b: b.swapcase())
+    price = st.one_of(st.none(), st.floats(0, 260).map(lambda p: round(p, 2)))
+    return st.builds(
+        Filters,
+        categories=st.lists(category, max_size=2).map(tuple),
+        brands=st.lists(brand, max_size=2).map(tuple),
+        min_price=price,
+        max_price=price,
+    )
+
+
+def test_the_table_answers_what_the_facts_query_answers(loop, db, table, values):
+    model = EmbeddingModel(table.version, "", table.embeddings.shape[1], "active")
+    ids = table.ids.tolist()
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(
+        picked=st.lists(st.sampled_from(ids), min_size=1, max_size=300, unique=True),
+        unknown=st.lists(st.integers(10**9, 10**9 + 50), max_size=3, unique=True),
+        filters=filters_from(values),
+        source=st.integers(0, len(ids) - 1),
+        with_embeddings=st.booleans(),
+    )
+    def check(picked, unknown, filters, source, with_embeddings):
+        # Given candidates (and ids no item has), filters, and vectors to compare them with
+        asked = picked + unknown
+        vectors = {"query": table.embeddings[source], "profile": table.embeddings[source] * 0.5 + 0.01}
+        # when the table and Postgres give their facts
+        held, missing = table.facts(asked, filters, vectors, with_embeddings)
+        sql = loop.run_until_complete(retrieval.item_facts(db, asked, model, filters, vectors, with_embeddings))
+        # then the table leaves only the unknown ids to Postgres, and answers the same rows
+        assert missing == unknown
+        assert held.ids == sql.ids
+        for name in ("external_ids", "titles", "brands", "categories", "prices"):
+            assert getattr(held, name) == getattr(sql, name), name
+        for name in ("popularity", "rating", "review_count", "sentiment"):
+            np.testing.assert_array_equal(getattr(held, name), getattr(sql, name), err_msg=name)
+        assert held.sims.keys() == sql.sims.keys()
+        for name in sql.sims:
+            np.testing.assert_allclose(held.sims[name], sql.sims[name], atol=1e-5, err_msg=name)
+        if with_embeddings:
+            np.testing.assert_array_equal(held.embeddings, sql.embeddings)
+        # and orders them as the graph retriever's SQL does
+        for vector in (vectors["query"], None):
+            closest = table.closest(picked, vector, 50, filters)
+            assert closest == loop.run_until_complete(retrieval.closest_of(db, picked, model, vector, 50, filters))
+        if unknown:
+            assert table.closest(asked, None, 50, filters) is None
+
+    check()
+
+
+def test_facts_held_and_read_merge_in_the_order_asked(table):
+    # Given facts of the same items split between two sources
+    ids = table.ids[:40].tolist()
+    vectors = {"query": table.embeddings[0]}
+    whole, _ = table.facts(ids, Filters(), vectors, True)
+    odd, _ = table.facts(ids[1::2], Filters(), vectors, True)
+    even, _ = table.facts(ids[0::2], Filters(), vectors, True)
+    # when they are merged back in the order asked
+    merged = retrieval.merge_facts(ids, odd, even)
+    # then every column is the whole's
+    assert merged.ids == whole.ids and merged.titles == whole.titles and merged.prices == whole.prices
+    np.testing.assert_array_equal(merged.popularity, whole.popularity)
+    np.testing.assert_array_equal(merged.sims["query"], whole.sims["query"])
+    np.testing.assert_array_equal(merged.embeddings, whole.embeddings)
+
+
+def test_a_look_for_changes_reads_again_only_rows_whose_stamps_differ(table):
+    # Given a look for changes that finds three items: one unchanged (seen again within the
+    # look-back margin), one whose stats changed, and one the table lacks
+    same, changed = int(table.ids[0]), int(table.ids[1])
+    stamps = {
+        same: tuple(int(x) for x in table.stamps[0]),
+        changed: tuple(int(x) for x in table.stamps[1] + np.array([0, 1, 0])),
+        10**9: (1, -1, -1),
+    }
+    # when the table sorts them
+    held, unknown = table.differing(stamps)
+    # then it reads the changed one again and leaves the new one to Postgres
+    assert held == [changed] and unknown == [10**9]
+
+
+def test_rows_read_again_replace_theirs_in_a_copy(loop, db, table):
+    # Given the rows of two held items as Postgres has them now, one with another title
+    ids = [int(table.ids[2]), int(table.ids[3])]
+    rows = loop.run_until_complete(item_table.rows_of(db, table.version, ids))
+    renamed = list(rows[1])
+    renamed[2] = "Renamed hinge"
+    # when they replace the table's rows (and an item it lacks is marked stale)
+    after = table.with_rows([rows[0], tuple(renamed)], [10**9], table.polled_at_db, time.monotonic())
+    # then the copy answers the new row, the table it was made from still the old one
+    facts, missing = after.facts(ids + [10**9], Filters(), {"query": table.embeddings[0]}, False)
+    assert facts.titles == [table.titles[2], "Renamed hinge"] and missing == [10**9]
+    assert table.facts(ids, Filters(), {}, False)[0].titles == [table.titles[2], table.titles[3]]
+    np.testing.assert_array_equal(after.embeddings[:2], table.embeddings[:2])
+    assert 10**9 in after.stale and not table.stale
+
+
+def test_the_engine_follows_a_changed_item_once_its_table_looks_for_changes(catalog, triton_url):
+    async def scenario():
+        engine = await Engine.create(gateway_settings(catalog, triton_url))
+        conn = await _connect(catalog.url)
+        try:
+            model = await engine.active_model()
+            # Given an engine whose item table is loaded, and an item it holds
+            assert engine.item_table(model) is None
+            await engine._items_load
+            item_id, price = (await (await conn.execute(
+                "SELECT id, price::float8 FROM items WHERE external_id = %s", (catalog.brand_item,)
+            )).fetchone())
+            assert (await engine._facts([item_id], model)).prices == [price]
+            expensive = Filters(min_price=price + 5000)
+            # when the item's price changes in Postgres (as a load stamps it)
+            await conn.execute("UPDATE items SET price = price + 10000, updated_at = now() WHERE id = %s", (item_id,))
+            try:
+                # then within the table's look for changes, facts and filters follow Postgres
+                deadline = time.monotonic() + ITEM_POLL_S + 3
+                while True:
+                    facts = await engine._facts([item_id], model, expensive)
+                    if facts.ids == [item_id]:
+                        break
+                    assert time.monotonic() < deadline, "the changed price never reached the answer"
+                    await asyncio.sleep(0.2)
+                assert facts.prices == [price + 10000]
+                # from the table itself, whose row was read again
+                held, missing = engine.item_table(model).facts([item_id], expensive, {}, False)
+                assert held.prices == [price + 10000] and not missing
+            finally:
+                await conn.execute("UPDATE items SET price = %s, updated_at = now() WHERE id = %s", (price, item_id))
+            # and an item added after the load is answered at once (from Postgres)
+            new_id = (await (await conn.execute(
+                "INSERT INTO items (external_id, title, price, content_hash) VALUES (%s, 'Brass cabinet hinge', 3.5, "
+                "'\\x00') RETURNING id", (unique("hinge"),)
+            )).fetchone())[0]
+            try:
+                assert (await engine._facts([new_id], model)).titles == ["Brass cabinet hinge"]
+            finally:
+                await conn.execute("DELETE FROM items WHERE id = %s", (new_id,))
+        finally:
+            await conn.close()
+            await engine.close()
+
+    asyncio.run(scenario())
+
+
+def test_without_the_table_the_engine_reads_every_fact_from_postgres(catalog, triton_url):
+    async def scenario():
+        engine = await Engine.create(gateway_settings(catalog, triton_url, gateway_item_table=False))
+        try:
+            model = await engine.active_model()
+            async with engine.connection() as conn:
+                item_id = (await (await conn.execute(
+                    "SELECT id FROM items WHERE external_id = %s", (catalog.brand_item,)
+                )).fetchone())[0]
+            facts = await engine._facts([item_id], model)
+            return engine.item_table(model), engine._items_load, facts.ids == [item_id]
+        finally:
+            await engine.close()
+
+    table, load, answered = asyncio.run(scenario())
+    assert table is None and load is None and answered
+
+
+def test_stamps_are_microseconds_since_the_epoch(loop, db, table):
+    # The look for changes compares these to Postgres's updated_at exactly.
+    async def updated_at():
+        return (await (await db.execute("SELECT updated_at FROM items WHERE id = %s", (int(table.ids[0]),))).fetchone())[0]
+
+    since_epoch = loop.run_until_complete(updated_at()) - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    assert table.stamps[0][0] == since_epoch // timedelta(microseconds=1)
