@@ -907,16 +907,22 @@ class Engine:
     async def _diversify(self, pool: Pool, scores: np.ndarray, k: int, budget: Budget, reasons: list[str]) -> list[int]:
         """MMR over the best MMR_CANDIDATES_PER_PICK x k by score, scaled by the whole pool's
         range (so it picks as over the whole pool): only their embeddings are read, not the
-        pool's 300 (460 KB, ~6 ms of the gateway's CPU to receive). Without them in time, score
-        order."""
+        pool's 300 (460 KB, ~6 ms of the gateway's CPU to receive), from the item table when it
+        holds them all. Without them in time, score order."""
         if not len(scores):  # the filters left nothing of the pool
             return []
         top = np.argsort(-scores, kind="stable")[: MMR_CANDIDATES_PER_PICK * k]
 
+        ids = [pool.facts.ids[i] for i in top]
+        table = self.item_table(pool.model)
+        if table is not None and (rows := table.rows(ids)).min(initial=0) >= 0:
+            span = (float(scores.min()), float(scores.max()))
+            return [int(top[i]) for i in mmr(scores[top], table.embeddings[rows], k, MMR_LAMBDA, span)]
+
         async def read():
             try:
                 async with self.connection() as conn:
-                    return await retrieval.embeddings_of(conn, [pool.facts.ids[i] for i in top], pool.model)
+                    return await retrieval.embeddings_of(conn, ids, pool.model)
             except Unavailable:
                 reasons.append("diversity left out (database unavailable): score order")
                 return None
