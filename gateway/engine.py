@@ -157,6 +157,9 @@ CHANGE_MARGIN_S = 120.0
 ITEM_POLL_S = 2.0
 ITEM_STALE_MAX = 5000
 ITEM_TABLE_TTL_S = 600.0
+# After a failed load or look: long enough that calls on a struggling Postgres do not each start
+# a full read of the catalog, short next to the TTL.
+ITEM_RETRY_S = 30.0
 # Changed items the overlay takes before a full rebuild is cheaper: the overlay is rebuilt at
 # every poll, ~0.1 s per 5,000 items; the base from all 59k items takes ~2 s.
 OVERLAY_MAX = 5000
@@ -310,6 +313,7 @@ class Engine:
         self._graph_load: asyncio.Task | None = None
         self._items: ItemTable | None = None
         self._items_load: asyncio.Task | None = None
+        self._items_failed_at = 0.0
         self.ranker_version = "ranker@1"
 
     @classmethod
@@ -461,11 +465,23 @@ class Engine:
         usable = current is not None and current.version == model.version
         if usable and now - current.polled_at < ITEM_POLL_S:
             return current
-        if self._items_load is None or self._items_load.done():
+        last = self._items_load
+        # After a failed load or look, calls read from Postgres for a while instead of starting
+        # a full read of the catalog each.
+        failed = last is not None and last.done() and (last.cancelled() or last.exception() is not None)
+        if failed and now - self._items_failed_at < ITEM_RETRY_S:
+            return current if usable else None
+        if last is None or last.done():
             full = not usable or now - current.loaded_at >= ITEM_TABLE_TTL_S
             self._items_load = asyncio.create_task(self._load_items(model) if full else self._poll_items(current, model))
-            self._items_load.add_done_callback(_note_item_table_failure)
+            self._items_load.add_done_callback(self._note_item_table_failure)
         return current if usable else None
+
+    def _note_item_table_failure(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._items_failed_at = time.monotonic()
+            log.warning("item table load failed (facts are read from Postgres; retried in %.0f s): %s",
+                        ITEM_RETRY_S, _short(task.exception()))
 
     async def _load_items(self, model: EmbeddingModel) -> ItemTable:
         started = time.monotonic()
@@ -1147,11 +1163,6 @@ def _mean_unit(vectors: np.ndarray) -> np.ndarray:
 def _note_lexicon_failure(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("lexicon load failed (the next search retries): %s", task.exception())
-
-
-def _note_item_table_failure(task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("item table load failed (facts are read from Postgres meanwhile): %s", _short(task.exception()))
 
 
 def _note_graph_failure(task: asyncio.Task) -> None:

@@ -17,7 +17,7 @@ from core.db import configure_async
 from core.embeddings import EmbeddingModel
 from gateway import item_table, retrieval
 from gateway.engine import ITEM_POLL_S, Engine
-from gateway.model import Filters
+from gateway.model import Filters, Unavailable
 from tests.gateway.conftest import gateway_settings, unique
 
 pytestmark = pytest.mark.data
@@ -239,3 +239,39 @@ def test_stamps_are_microseconds_since_the_epoch(loop, db, table):
 
     since_epoch = loop.run_until_complete(updated_at()) - datetime(1970, 1, 1, tzinfo=timezone.utc)
     assert table.stamps[0][0] == since_epoch // timedelta(microseconds=1)
+
+
+def test_a_failed_load_is_retried_after_a_pause_not_by_every_call(catalog, triton_url, monkeypatch):
+    reads = []
+
+    async def unreadable(conn, version):
+        reads.append(version)
+        raise psycopg.OperationalError("the catalog could not be read")
+
+    monkeypatch.setattr(item_table, "read", unreadable)
+
+    async def scenario():
+        engine = await Engine.create(gateway_settings(catalog, triton_url))
+        try:
+            model = await engine.active_model()
+            async with engine.connection() as conn:
+                item_id = (await (await conn.execute(
+                    "SELECT id FROM items WHERE external_id = %s", (catalog.brand_item,)
+                )).fetchone())[0]
+            # Given a first load of the table that fails (the database error, as the engine
+            # reports it)
+            assert engine.item_table(model) is None
+            with pytest.raises(Unavailable, match="the catalog could not be read"):
+                await engine._items_load
+            # when calls keep coming
+            answers = []
+            for _ in range(20):
+                answers.append((await engine._facts([item_id], model)).ids)
+            # then they are answered from Postgres, and none of them starts another full read
+            return answers
+        finally:
+            await engine.close()
+
+    answers = asyncio.run(scenario())
+    assert all(a == answers[0] for a in answers) and answers[0]
+    assert len(reads) == 1
