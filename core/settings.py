@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     # covered 16 concurrent clients without waiting on the pool (bench/gateway.py).
     db_pool_size: int = Field(16, ge=2)
     # Keep every item's facts and embedding in the gateway's memory (gateway/item_table.py;
-    # ~1.6 KB an item at 384 dimensions, 95 MB for 59k) instead of reading each call's
+    # ~2 KB an item at 384 dimensions, ~115 MB for 59k) instead of reading each call's
     # candidates from Postgres. Off for catalogs too large for the gateway's memory.
     gateway_item_table: bool = True
 

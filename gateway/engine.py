@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import logging
 import time
@@ -211,6 +212,17 @@ def _settle_heap() -> None:
     collection first drops cyclic garbage rather than freezing it, once per full build."""
     gc.collect()
     gc.freeze()
+
+
+def _return_freed_memory() -> None:
+    """Give the memory of the rows a full item-table read freed back to the system: the rows'
+    ~59k vectors arrive as small byte strings, and glibc keeps their pages after they are freed.
+    The gateway held 95 MB more for it (RSS 353 against 258 MB in-process, 2026-12-07); the
+    trim takes ~11 ms, in a thread. Other C libraries have no malloc_trim and keep theirs."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 async def optional(what: str, work: Awaitable[T], deadline: float, reasons: list[str], fallback: T) -> T:
@@ -488,7 +500,9 @@ class Engine:
         async with self.connection(timeout_s=POOL_WAIT_S) as conn:
             loaded_at_db, rows = await item_table.read(conn, model.version)
         self._items = await asyncio.to_thread(item_table.build, rows, model.version, model.dim, loaded_at_db, started)
+        del rows
         _settle_heap()
+        await asyncio.to_thread(_return_freed_memory)
         return self._items
 
     async def _poll_items(self, current: ItemTable, model: EmbeddingModel) -> ItemTable:
