@@ -274,7 +274,12 @@ async def changed_since(conn: psycopg.AsyncConnection, version: str, since) -> t
 
 
 async def rows_of(conn: psycopg.AsyncConnection, version: str, ids: list[int]) -> list:
-    """The rows of ``_LOAD`` of the items ``ids``."""
-    where = "WHERE i.id = ANY(%(ids)s)"
-    rows = await (await conn.execute(_LOAD.format(where=where), {"version": version, "ids": ids}, binary=True)).fetchall()
+    """The rows of ``_LOAD`` of the items ``ids``, LOAD_CHUNK ids a statement: a graph rebuild
+    changes ~4,400 items' popularity, and parsing them in one go would hold the event loop
+    for ~120 ms."""
+    query = _LOAD.format(where="WHERE i.id = ANY(%(ids)s)")
+    rows: list = []
+    for start in range(0, len(ids), LOAD_CHUNK):
+        chunk = ids[start:start + LOAD_CHUNK]
+        rows += await (await conn.execute(query, {"version": version, "ids": chunk}, binary=True)).fetchall()
     return rows
