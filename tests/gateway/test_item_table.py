@@ -219,10 +219,7 @@ def test_without_the_table_the_engine_reads_every_fact_from_postgres(catalog, tr
         engine = await Engine.create(gateway_settings(catalog, triton_url, gateway_item_table=False))
         try:
             model = await engine.active_model()
-            async with engine.connection() as conn:
-                item_id = (await (await conn.execute(
-                    "SELECT id FROM items WHERE external_id = %s", (catalog.brand_item,)
-                )).fetchone())[0]
+            item_id = (await engine._internal_ids([catalog.brand_item]))[0]
             facts = await engine._facts([item_id], model)
             return engine.item_table(model), engine._items_load, facts.ids == [item_id]
         finally:
@@ -254,10 +251,7 @@ def test_a_failed_load_is_retried_after_a_pause_not_by_every_call(catalog, trito
         engine = await Engine.create(gateway_settings(catalog, triton_url))
         try:
             model = await engine.active_model()
-            async with engine.connection() as conn:
-                item_id = (await (await conn.execute(
-                    "SELECT id FROM items WHERE external_id = %s", (catalog.brand_item,)
-                )).fetchone())[0]
+            item_id = (await engine._internal_ids([catalog.brand_item]))[0]
             # Given a first load of the table that fails (the database error, as the engine
             # reports it)
             assert engine.item_table(model) is None
