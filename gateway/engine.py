@@ -150,13 +150,14 @@ LEXICAL_POLL_S = 5.0
 GRAPH_POLL_S = 5.0
 CHANGE_MARGIN_S = 120.0
 # The items' facts in memory (gateway/item_table.py): how often the table looks for items changed
-# since its last look (three indexed range scans, ~0.3 ms when nothing changed), how many
-# changed or added items it takes before reading the whole catalog again is cheaper (the whole
-# 59k items with their embeddings: 1.65 s to read and 0.65 s to build; a graph rebuild changes
-# the popularity of ~4,400 items, read again in ~0.1 s), and how long a load serves at most
-# (items deleted outside aisle, added ones read from Postgres meanwhile).
+# since its last look (three indexed range scans, ~0.3 ms when nothing changed); how many
+# changed or added items, or what share of the table, it takes before reading the whole catalog
+# again is cheaper (59k items with their embeddings: 1.65 s to read and 0.65 s to build, while a
+# graph rebuild's ~4,400 changed rows are read again in ~0.1 s); and how long a load serves at
+# most (items deleted outside aisle; added ones are read from Postgres meanwhile).
 ITEM_POLL_S = 2.0
 ITEM_STALE_MAX = 5000
+ITEM_STALE_SHARE = 0.1
 ITEM_TABLE_TTL_S = 600.0
 # After a failed load or look: long enough that calls on a struggling Postgres do not each start
 # a full read of the catalog, short next to the TTL.
@@ -484,7 +485,9 @@ class Engine:
         if failed and now - self._items_failed_at < ITEM_RETRY_S:
             return current if usable else None
         if last is None or last.done():
-            full = not usable or now - current.loaded_at >= ITEM_TABLE_TTL_S
+            # After a failure, a full read rather than another look: whatever failed in the look
+            # would fail again.
+            full = not usable or failed or now - current.loaded_at >= ITEM_TABLE_TTL_S
             self._items_load = asyncio.create_task(self._load_items(model) if full else self._poll_items(current, model))
             self._items_load.add_done_callback(self._note_item_table_failure)
         return current if usable else None
@@ -492,8 +495,8 @@ class Engine:
     def _note_item_table_failure(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
             self._items_failed_at = time.monotonic()
-            log.warning("item table load failed (facts are read from Postgres; retried in %.0f s): %s",
-                        ITEM_RETRY_S, _short(task.exception()))
+            log.warning("item table load failed (facts are read from Postgres; read again in %.0f s)",
+                        ITEM_RETRY_S, exc_info=task.exception())
 
     async def _load_items(self, model: EmbeddingModel) -> ItemTable:
         started = time.monotonic()
@@ -516,7 +519,10 @@ class Engine:
                 conn, current.version, current.polled_at_db - timedelta(seconds=CHANGE_MARGIN_S)
             )
             held, unknown = current.differing(changed)
-            too_many = max(len(held), len(current.stale) + len(unknown)) > ITEM_STALE_MAX
+            # A full read costs in proportion to the catalog: a table read before the catalog
+            # was loaded (empty) is read again as soon as items appear.
+            limit = min(ITEM_STALE_MAX, int(len(current) * ITEM_STALE_SHARE))
+            too_many = max(len(held), len(current.stale) + len(unknown)) > limit
             rows = await item_table.rows_of(conn, current.version, held) if held and not too_many else []
         if too_many:
             return await self._load_items(model)

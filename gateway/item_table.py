@@ -173,7 +173,8 @@ class ItemTable:
         ids = list(changed)
         at = self.positions(ids)
         seen = np.array(list(changed.values()), dtype=np.int64).reshape(len(ids), 3)
-        differs = np.any(self.stamps[np.maximum(at, 0)] != seen, axis=1)
+        # An empty table (loaded before the catalog) holds no stamps to compare.
+        differs = np.any(self.stamps[np.maximum(at, 0)] != seen, axis=1) if len(self.ids) else at < 0
         held = [i for i, p, d in zip(ids, at, differs) if p >= 0 and d]
         unknown = [i for i, p in zip(ids, at) if p < 0 and i not in self.stale]
         return held, unknown

@@ -151,6 +151,19 @@ def test_a_look_for_changes_reads_again_only_rows_whose_stamps_differ(table):
     assert held == [changed] and unknown == [10**9]
 
 
+def test_a_table_loaded_before_the_catalog_leaves_every_item_to_postgres(table):
+    # Given a table read while the catalog was still empty (a gateway started before the loads)
+    empty = item_table.build([], table.version, table.embeddings.shape[1], table.polled_at_db, time.monotonic())
+    ids = table.ids[:3].tolist()
+    stamps = {i: tuple(int(x) for x in s) for i, s in zip(ids, table.stamps[:3])}
+    # when the catalog arrives, then the look for changes finds every item new
+    assert empty.differing(stamps) == ([], ids)
+    # and the table answers for none of them, in facts or in the graph's order
+    facts, missing = empty.facts(ids, Filters(), {"query": table.embeddings[0]}, True)
+    assert facts.ids == [] and facts.embeddings.shape == (0, table.embeddings.shape[1]) and missing == ids
+    assert empty.closest(ids, table.embeddings[0], 10, Filters()) is None
+
+
 def test_rows_read_again_replace_theirs_in_a_copy(loop, db, table):
     # Given the rows of two held items as Postgres has them now, one with another title
     ids = [int(table.ids[2]), int(table.ids[3])]
@@ -269,3 +282,37 @@ def test_a_failed_load_is_retried_after_a_pause_not_by_every_call(catalog, trito
     answers = asyncio.run(scenario())
     assert all(a == answers[0] for a in answers) and answers[0]
     assert len(reads) == 1
+
+
+def test_a_gateway_started_before_the_catalog_holds_it_once_it_is_loaded(postgres_server, triton_url, tmp_path):
+    from core.settings import load_settings
+    from tests.gateway.conftest import create_database
+    from tests.workers.conftest import load_homedepot
+
+    url = create_database(postgres_server, unique("aisle_before").replace("-", "_"))
+
+    async def scenario():
+        engine = await Engine.create(load_settings(database_url=url, triton_url=triton_url, api_keys=()))
+        try:
+            # Given an engine whose item table was read while the catalog was empty
+            model = await engine.active_model()
+            assert engine.item_table(model) is None
+            await engine._items_load
+            assert len(engine.item_table(model)) == 0
+            # when the catalog is loaded
+            await asyncio.to_thread(load_homedepot, url, tmp_path, 300)
+            ids = await engine._internal_ids(["100001", "100002"])
+            # then within a few looks for changes the table holds all of it, and answers for it
+            deadline = time.monotonic() + 3 * ITEM_POLL_S + 5
+            while True:
+                table = engine.item_table(model)
+                if table is not None and len(table) == 300:
+                    break
+                assert time.monotonic() < deadline, f"the table still holds {len(table or ())} items"
+                await asyncio.sleep(0.2)
+            facts, missing = table.facts(ids, Filters(), {}, False)
+            assert facts.ids == ids and not missing
+        finally:
+            await engine.close()
+
+    asyncio.run(scenario())
