@@ -326,7 +326,8 @@ class Engine:
         self._graph_load: asyncio.Task | None = None
         self._items: ItemTable | None = None
         self._items_load: asyncio.Task | None = None
-        self._items_failed_at = 0.0
+        # When the last load or look failed; None since a load succeeded.
+        self._items_failed_at: float | None = None
         self.ranker_version = "ranker@1"
 
     @classmethod
@@ -478,16 +479,15 @@ class Engine:
         usable = current is not None and current.version == model.version
         if usable and now - current.polled_at < ITEM_POLL_S:
             return current
-        last = self._items_load
+        failed_at = self._items_failed_at
         # After a failed load or look, calls read from Postgres for a while instead of starting
         # a full read of the catalog each.
-        failed = last is not None and last.done() and (last.cancelled() or last.exception() is not None)
-        if failed and now - self._items_failed_at < ITEM_RETRY_S:
+        if failed_at is not None and now - failed_at < ITEM_RETRY_S:
             return current if usable else None
-        if last is None or last.done():
+        if self._items_load is None or self._items_load.done():
             # After a failure, a full read rather than another look: whatever failed in the look
             # would fail again.
-            full = not usable or failed or now - current.loaded_at >= ITEM_TABLE_TTL_S
+            full = not usable or failed_at is not None or now - current.loaded_at >= ITEM_TABLE_TTL_S
             self._items_load = asyncio.create_task(self._load_items(model) if full else self._poll_items(current, model))
             self._items_load.add_done_callback(self._note_item_table_failure)
         return current if usable else None
@@ -503,6 +503,7 @@ class Engine:
         async with self.connection(timeout_s=POOL_WAIT_S) as conn:
             loaded_at_db, rows = await item_table.read(conn, model.version)
         self._items = await asyncio.to_thread(item_table.build, rows, model.version, model.dim, loaded_at_db, started)
+        self._items_failed_at = None
         del rows
         _settle_heap()
         await asyncio.to_thread(_return_freed_memory)
@@ -602,7 +603,7 @@ class Engine:
         if self.item_table(model) is None and self._items_load is not None:
             # Loaded too, though calls do not need it: until then each reads its facts from
             # Postgres, and a benchmark's first seconds would measure that. A failed load is
-            # logged and retried by the next call, not a reason to stay unready.
+            # logged and retried after ITEM_RETRY_S, not a reason to stay unready.
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._items_load)
         return await self.triton.ready()
@@ -948,12 +949,7 @@ class Engine:
         if not len(scores):  # the filters left nothing of the pool
             return []
         top = np.argsort(-scores, kind="stable")[: MMR_CANDIDATES_PER_PICK * k]
-
         ids = [pool.facts.ids[i] for i in top]
-        table = self.item_table(pool.model)
-        if table is not None and (rows := table.rows(ids)).min(initial=0) >= 0:
-            span = (float(scores.min()), float(scores.max()))
-            return [int(top[i]) for i in mmr(scores[top], table.embeddings[rows], k, MMR_LAMBDA, span)]
 
         async def read():
             try:
@@ -963,7 +959,11 @@ class Engine:
                 reasons.append("diversity left out (database unavailable): score order")
                 return None
 
-        vectors = await optional("diversity", read(), budget.until(1.0), reasons, None)
+        table = self.item_table(pool.model)
+        if table is not None and (rows := table.rows(ids)).min(initial=0) >= 0:
+            vectors = table.embeddings[rows]
+        else:
+            vectors = await optional("diversity", read(), budget.until(1.0), reasons, None)
         if vectors is None:
             return [int(i) for i in top[:k]]
         span = (float(scores.min()), float(scores.max()))

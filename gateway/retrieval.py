@@ -319,10 +319,12 @@ def merge_facts(ids: list[int], *parts: ItemFacts) -> ItemFacts:
     def gather_list(name: str) -> list:
         return [getattr(parts[p], name)[k] for p, k in picked]
 
+    offsets = np.cumsum([0] + [len(part.ids) for part in parts])
+    flat_rows = [offsets[p] + k for p, k in picked]
+
     def gather_array(get) -> np.ndarray:
-        offsets = np.cumsum([0] + [len(part.ids) for part in parts])
         flat = np.concatenate([get(part) for part in parts])
-        return flat[[offsets[p] + k for p, k in picked]] if picked else flat[:0]
+        return flat[flat_rows] if picked else flat[:0]
 
     merged = ItemFacts(
         ids=gather_list("ids"),
