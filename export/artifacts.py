@@ -44,6 +44,12 @@ def _query_encoder(path: Path) -> None:
     query_encoder.to_onnx(WEIGHTS / "query_encoder", path)
 
 
+def _query_encoder_int8(path: Path) -> None:
+    from export.quantize import int8_matmuls
+
+    int8_matmuls(onnx("query_encoder"), path)
+
+
 def _ranker(path: Path) -> None:
     from export import ranker
 
@@ -62,6 +68,15 @@ BUILDERS: dict[str, tuple[Callable[[Path], None], tuple[Path, ...]]] = {
     "query_encoder": (
         _query_encoder,
         (Path(__file__).parent / "encoder.py", Path(__file__).parent / "heads", WEIGHTS / "query_encoder"),
+    ),
+    "query_encoder_int8": (
+        _query_encoder_int8,
+        (
+            Path(__file__).parent / "quantize.py",
+            Path(__file__).parent / "encoder.py",
+            Path(__file__).parent / "heads",
+            WEIGHTS / "query_encoder",
+        ),
     ),
 }
 

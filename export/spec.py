@@ -47,6 +47,12 @@ ENCODER_BUCKET_ROWS = 64
 # 379/368 in the same runs). Costs of 0, 20, 50 and 150 differed by less than run-to-run noise
 # (283-393 titles/s), so a middle value.
 ENCODER_CALL_COST_TOKENS = 50
+# Rows per onnxruntime call of an int8 graph (export/quantize.py): one. Dynamic quantisation
+# scales a call's activations by their range over the whole call, so a query's vector would
+# depend on the queries batched with it: alone and in 64-row batches, 300 Home Depot queries'
+# vectors differed by a cosine of 0.991 on average and 0.982 at worst. Alone, a query's vector
+# is its own, and it pads to no other query's length.
+INT8_BUCKET_ROWS = 1
 # onnxruntime session settings of the gateway's per-call models (query_encoder, ranker) in the
 # portable target. By default idle intra-op threads spin after every run; per call, in-process,
 # with 5 ms between calls (/tmp probe, 2026-11-29): query encoder (9 tokens) 9.7 ms CPU for
@@ -146,6 +152,7 @@ def encoder(
     queue_delay_us: int = 2000,
     expire_queued: bool = True,
     per_call: bool = False,
+    bucket_rows: int = ENCODER_BUCKET_ROWS,
 ) -> ModelSpec:
     """A transformer graph over token ids: the shared encoder and the adapted classifier encoders."""
     ragged = target == "portable"
@@ -160,7 +167,7 @@ def encoder(
         outputs=outputs,
         max_batch_size=ENCODER_MAX_BATCH,
         parameters={
-            "bucket_rows": str(ENCODER_BUCKET_ROWS),
+            "bucket_rows": str(bucket_rows),
             "bucket_call_cost_tokens": str(ENCODER_CALL_COST_TOKENS),
             "length_input": "attention_mask",
             **(per_call_session(target) if per_call else {}),
@@ -207,14 +214,15 @@ def repository(target: Target, include: frozenset[str] | None = None) -> list[Mo
     from export import artifacts
 
     have = artifacts.available() if include is None else include
+    query_source = query_encoder_source(have, target)
     models: list[ModelSpec] = [
         tokenizer("tokenizer", TEXT_MAX_TOKENS, target),
         encoder("encoder", "encoder", target),
         # Search queries on an instance of their own (core/model_interfaces.py): the encoder with
         # query-side adapters where they are trained (export/heads/query_encoder.py), else the
         # same graph as the items'.
-        encoder("query_encoder", "query_encoder" if "query_encoder" in have else "encoder", target,
-                queue_delay_us=0, expire_queued=False, per_call=True),
+        encoder("query_encoder", query_source, target, queue_delay_us=0, expire_queued=False, per_call=True,
+                bucket_rows=INT8_BUCKET_ROWS if query_source.endswith("_int8") else ENCODER_BUCKET_ROWS),
     ]
     for name, encoder_name in ((EMBED_TEXT.model, "encoder"), (query_model(EMBED_TEXT.model), "query_encoder")):
         models.append(
@@ -235,6 +243,18 @@ def repository(target: Target, include: frozenset[str] | None = None) -> list[Mo
     if "ranker" in have:
         models.append(_ranker(target))
     return models
+
+
+def query_encoder_source(have: frozenset[str], target: Target) -> str:
+    """The artifact behind ``query_encoder``: the adapted query encoder where its adapters are
+    trained, else the items' own graph. On CPU (portable) its int8 form: a query costs ~0.6
+    instead of ~2.3 ms of onnxruntime CPU, for dense retrieval within 0.002 of fp32 on the 5,902
+    judged Home Depot queries (export/quantize.py, docs/models.md). The ngc target keeps fp32:
+    dynamic int8 quantisation is a CPU technique, and on the GPU a query is cheap (TensorRT,
+    where enabled, picks its own precision)."""
+    if "query_encoder" not in have:
+        return "encoder"
+    return "query_encoder_int8" if target == "portable" else "query_encoder"
 
 
 def _label_outputs(heads: dict[str, int]) -> list[Tensor]:

@@ -98,7 +98,13 @@ def test_queries_have_an_encoder_instance_of_their_own():
     assert [step.model for step in base.steps] == ["tokenizer", "encoder"]
     assert specs["encoder"].source == "encoder"
     # which carries the query-side adapters where they are trained, else the items' own graph
-    assert specs["query_encoder"].source == ("query_encoder" if "query_encoder" in artifacts.available() else "encoder")
+    # (int8 on CPU, fp32 for the GPU)
+    trained = "query_encoder" in artifacts.available()
+    assert specs["query_encoder"].source == ("query_encoder_int8" if trained else "encoder")
+    ngc = {s.name: s for s in repository("ngc")}
+    assert ngc["query_encoder"].source == ("query_encoder" if trained else "encoder")
+    # one query per int8 call: dynamic quantisation scales a call's activations together
+    assert specs["query_encoder"].parameters["bucket_rows"] == ("1" if trained else "64")
     without = {s.name: s for s in repository("portable", include=frozenset({"encoder"}))}
     assert without["query_encoder"].source == "encoder"
     # and a query is not held back waiting for others to batch with
