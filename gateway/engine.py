@@ -1195,7 +1195,8 @@ def _short(exc: BaseException) -> str:
     full error goes to the log with the request id)."""
     from core.triton import TritonUnavailable
 
-    log.warning("degraded: %s", exc)
+    # A timeout's message is empty; its kind says what happened.
+    log.warning("degraded: %s", str(exc) or type(exc).__name__)
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
     if isinstance(exc, TritonUnavailable):

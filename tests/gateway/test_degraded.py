@@ -214,3 +214,18 @@ def test_nearest_neighbour_retrieval_waits_for_the_index_of_a_new_catalog(gatewa
             eventually(whole, timeout=5.0)
     finally:
         gw.stop()
+
+
+def test_a_timed_out_stage_is_logged_by_its_kind(caplog):
+    import asyncio
+    import logging
+
+    from gateway.engine import _short
+
+    # given a stage that ran out of time (asyncio's timeout carries no message)
+    with caplog.at_level(logging.WARNING, logger="gateway.engine"):
+        # when the engine words it for the client
+        reason = _short(asyncio.TimeoutError())
+    # then the client reads "timed out" and the log names the kind instead of nothing
+    assert reason == "timed out"
+    assert "degraded: TimeoutError" in caplog.text
