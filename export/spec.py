@@ -119,7 +119,7 @@ ATTENTION_MASK = Tensor("attention_mask", "INT64", (-1,), ragged=True)
 SENTENCE_EMBEDDING = Tensor("sentence_embedding", "FP32", (EMBEDDING_DIM,))
 
 
-def tokenizer(name: str, max_tokens: int, target: Target) -> ModelSpec:
+def tokenizer(name: str, max_tokens: int, target: Target, expire_queued: bool = True) -> ModelSpec:
     return ModelSpec(
         name=name,
         kind="python",
@@ -138,6 +138,7 @@ def tokenizer(name: str, max_tokens: int, target: Target) -> ModelSpec:
         },
         # Zero delay: take whatever is queued; tokenising is cheap next to encoding.
         queue_delay_us=0,
+        expire_queued=expire_queued,
         files=("tokenizer.json",),
     )
 
@@ -217,6 +218,11 @@ def repository(target: Target, include: frozenset[str] | None = None) -> list[Mo
     query_source = query_encoder_source(have, target)
     models: list[ModelSpec] = [
         tokenizer("tokenizer", TEXT_MAX_TOKENS, target),
+        # Search queries' own tokenizer, without the bulk models' queue policy: behind the shared
+        # one, 93 of 5,700 query calls in bursts of four callers waited ~500 ms (Triton 2.51's
+        # batcher thread missing its wake-up, see ModelSpec.expire_queued; /tmp probe,
+        # 2026-12-07), and a Search whose embedding waits that long answers lexical-only.
+        tokenizer("query_tokenizer", TEXT_MAX_TOKENS, target, expire_queued=False),
         encoder("encoder", "encoder", target),
         # Search queries on an instance of their own (core/model_interfaces.py): the encoder with
         # query-side adapters where they are trained (export/heads/query_encoder.py), else the
@@ -224,14 +230,17 @@ def repository(target: Target, include: frozenset[str] | None = None) -> list[Mo
         encoder("query_encoder", query_source, target, queue_delay_us=0, expire_queued=False, per_call=True,
                 bucket_rows=INT8_BUCKET_ROWS if query_source.endswith("_int8") else ENCODER_BUCKET_ROWS),
     ]
-    for name, encoder_name in ((EMBED_TEXT.model, "encoder"), (query_model(EMBED_TEXT.model), "query_encoder")):
+    for name, tokenizer_name, encoder_name in (
+        (EMBED_TEXT.model, "tokenizer", "encoder"),
+        (query_model(EMBED_TEXT.model), "query_tokenizer", "query_encoder"),
+    ):
         models.append(
             ensemble(
                 name,
                 inputs=(TEXT,),
                 outputs=(Tensor("embedding", "FP32", (EMBEDDING_DIM,)),),
                 steps=(
-                    Step("tokenizer", {"text": "text"}, {"input_ids": "ids", "attention_mask": "mask"}),
+                    Step(tokenizer_name, {"text": "text"}, {"input_ids": "ids", "attention_mask": "mask"}),
                     Step(encoder_name, {"input_ids": "ids", "attention_mask": "mask"}, {"sentence_embedding": "embedding"}),
                 ),
             )

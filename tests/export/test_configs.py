@@ -94,7 +94,7 @@ def test_queries_have_an_encoder_instance_of_their_own():
     # then the query twin of embed_text runs an encoder of its own, which refresh batches never reach
     twin = specs[query_model(EMBED_TEXT.model)]
     base = specs[EMBED_TEXT.model]
-    assert [step.model for step in twin.steps] == ["tokenizer", "query_encoder"]
+    assert [step.model for step in twin.steps] == ["query_tokenizer", "query_encoder"]
     assert [step.model for step in base.steps] == ["tokenizer", "encoder"]
     assert specs["encoder"].source == "encoder"
     # which carries the query-side adapters where they are trained, else the items' own graph
@@ -118,7 +118,7 @@ def test_only_bulk_models_reject_requests_that_outwaited_their_timeout():
     configs = {s.name: model_config(s, "portable") for s in repository("portable") if s.kind != "ensemble"}
     # then the gateway's per-call models carry no queue policy (in tritonserver 2.51 any policy
     # made ~2 % of lone calls wait ~510 ms for the batcher thread)
-    for name in ("query_encoder", RANK.model):
+    for name in ("query_tokenizer", "query_encoder", RANK.model):
         assert not configs[name].dynamic_batching.HasField("default_queue_policy"), name
     # and the models refresh batches reach reject requests whose client gave up
     for name in ("tokenizer", "encoder"):
