@@ -28,13 +28,16 @@ ENRICH_ITEM = Endpoint(
 )
 RANK = Endpoint("ranker", ("features",), ("score",))
 
-# Queries are embedded by a twin of an embedding ensemble, ``<ensemble>_query``, whose encoder
-# instance serves nothing else: Triton cannot preempt a running batch, and its request priority
-# does not reach a model behind a Python step of an ensemble (triton-inference-server#6055), so
-# on the shared encoder a search waited behind 256-title refresh batches and ran out its budget
-# (bench/soak.py during a full refresh: every search degraded, p50 825 ms at 5 QPS).
+# The gateway's interactive calls (Search's query embedding, ClassifyProduct, AnalyzeReviews) go
+# to a twin of their ensemble, ``<ensemble>_query``, whose models serve nothing else:
+# - Triton cannot preempt a running batch, and its request priority does not reach a model behind
+#   a Python step of an ensemble (triton-inference-server#6055), so on the shared encoder a search
+#   waited behind 256-title refresh batches and ran out its budget (bench/soak.py during a full
+#   refresh: every search degraded, p50 825 ms at 5 QPS);
+# - the refresh's models carry a queue policy, and in Triton 2.51 such a model holds ~1-2 % of
+#   calls that arrive in bursts ~500 ms (export/spec.py, ModelSpec.expire_queued).
 QUERY_SUFFIX = "_query"
 
 
-def query_model(embedding_model: str) -> str:
-    return embedding_model + QUERY_SUFFIX
+def query_model(model: str) -> str:
+    return model + QUERY_SUFFIX

@@ -217,11 +217,15 @@ class AsyncTritonClient:
         results = await self._map(EMBED_TEXT, texts, timeout_s, model)
         return np.concatenate([r.as_numpy("embedding") for r in results])
 
-    async def classify(self, texts: list[str], timeout_s: float | None = None) -> list[Classification]:
-        return [c for r in await self._map(CLASSIFY_PRODUCT, texts, timeout_s) for c in _classifications(r)]
+    async def classify(
+        self, texts: list[str], timeout_s: float | None = None, model: str = CLASSIFY_PRODUCT.model
+    ) -> list[Classification]:
+        return [c for r in await self._map(CLASSIFY_PRODUCT, texts, timeout_s, model) for c in _classifications(r)]
 
-    async def sentiment(self, texts: list[str], timeout_s: float | None = None) -> list[tuple[str, float]]:
-        return [s for r in await self._map(ANALYZE_SENTIMENT, texts, timeout_s) for s in _sentiments(r)]
+    async def sentiment(
+        self, texts: list[str], timeout_s: float | None = None, model: str = ANALYZE_SENTIMENT.model
+    ) -> list[tuple[str, float]]:
+        return [s for r in await self._map(ANALYZE_SENTIMENT, texts, timeout_s, model) for s in _sentiments(r)]
 
     async def rank(self, features: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
         tensor = aioclient.InferInput("features", list(features.shape), "FP32")

@@ -20,6 +20,7 @@ from core.model_interfaces import (
     EMBED_TEXT,
     EMBEDDING_DIM,
     ENRICH_ITEM,
+    QUERY_SUFFIX,
     RANK,
     query_model,
 )
@@ -179,7 +180,7 @@ def encoder(
     )
 
 
-def postprocess(name: str, source: str, inputs, outputs, files=(), parameters=None) -> ModelSpec:
+def postprocess(name: str, source: str, inputs, outputs, files=(), parameters=None, expire_queued: bool = True) -> ModelSpec:
     return ModelSpec(
         name=name,
         kind="python",
@@ -188,6 +189,7 @@ def postprocess(name: str, source: str, inputs, outputs, files=(), parameters=No
         outputs=tuple(outputs),
         max_batch_size=ENCODER_MAX_BATCH,
         queue_delay_us=0,
+        expire_queued=expire_queued,
         files=tuple(files),
         parameters=parameters or {},
     )
@@ -227,7 +229,7 @@ def repository(target: Target, include: frozenset[str] | None = None) -> list[Mo
         # Search queries on an instance of their own (core/model_interfaces.py): the encoder with
         # query-side adapters where they are trained (export/heads/query_encoder.py), else the
         # same graph as the items'.
-        encoder("query_encoder", query_source, target, queue_delay_us=0, expire_queued=False, per_call=True,
+        encoder("query_encoder", query_source, target, **INTERACTIVE,
                 bucket_rows=INT8_BUCKET_ROWS if query_source.endswith("_int8") else ENCODER_BUCKET_ROWS),
     ]
     for name, tokenizer_name, encoder_name in (
@@ -252,6 +254,12 @@ def repository(target: Target, include: frozenset[str] | None = None) -> list[Mo
     if "ranker" in have:
         models.append(_ranker(target))
     return models
+
+
+# The encoder settings of a model that only the gateway's interactive calls reach (the twins of
+# core/model_interfaces.py): no queue delay and no queue policy (ModelSpec.expire_queued), one
+# onnxruntime thread that does not spin (PER_CALL_SESSION).
+INTERACTIVE = {"queue_delay_us": 0, "expire_queued": False, "per_call": True}
 
 
 def query_encoder_source(have: frozenset[str], target: Target) -> str:
@@ -280,23 +288,34 @@ def _product_classifier(target: Target) -> list[ModelSpec]:
     probs = [Tensor(f"{name}_probs", "FP32", (n,)) for name, n in sizes.items()]
     labels = _label_outputs(sizes)
     tokens = {"input_ids": "ids", "attention_mask": "mask"}
-    tokenize = Step("tokenizer", {"text": "text"}, tokens)
-    classify = Step("product_classifier", tokens, {t.name: t.name for t in probs})
-    post_step = Step(
-        "product_classifier_postprocess", {t.name: t.name for t in probs}, {t.name: t.name for t in labels}
-    )
+
+    def steps(tokenizer_name: str, suffix: str) -> tuple[Step, Step, Step]:
+        return (
+            Step(tokenizer_name, {"text": "text"}, tokens),
+            Step("product_classifier" + suffix, tokens, {t.name: t.name for t in probs}),
+            Step("product_classifier_postprocess" + suffix, {t.name: t.name for t in probs}, {t.name: t.name for t in labels}),
+        )
+
+    def models(suffix: str, interactive: bool) -> list[ModelSpec]:
+        return [
+            encoder("product_classifier" + suffix, "product_classifier", target, tuple(probs),
+                    **(INTERACTIVE if interactive else {})),
+            postprocess(
+                "product_classifier_postprocess" + suffix,
+                "classifier_postprocess",
+                probs,
+                labels,
+                files=("labels.json",),
+                parameters={"top_k": str(TOP_K_LABELS)},
+                expire_queued=not interactive,
+            ),
+        ]
+
+    tokenize, classify, post_step = steps("tokenizer", "")
     # Enrichment tokenizes once and feeds the same ids to the shared encoder and the classifier.
     encode = Step("encoder", tokens, {"sentence_embedding": "embedding"})
     return [
-        encoder("product_classifier", "product_classifier", target, tuple(probs)),
-        postprocess(
-            "product_classifier_postprocess",
-            "classifier_postprocess",
-            probs,
-            labels,
-            files=("labels.json",),
-            parameters={"top_k": str(TOP_K_LABELS)},
-        ),
+        *models("", interactive=False),
         ensemble(CLASSIFY_PRODUCT.model, (TEXT,), labels, (tokenize, classify, post_step)),
         ensemble(
             ENRICH_ITEM.model,
@@ -304,6 +323,9 @@ def _product_classifier(target: Target) -> list[ModelSpec]:
             [Tensor("embedding", "FP32", (EMBEDDING_DIM,)), *labels],
             (tokenize, encode, classify, post_step),
         ),
+        # The gateway's ClassifyProduct: the same graph on instances of its own (INTERACTIVE).
+        *models(QUERY_SUFFIX, interactive=True),
+        ensemble(query_model(CLASSIFY_PRODUCT.model), (TEXT,), labels, steps("query_tokenizer", QUERY_SUFFIX)),
     ]
 
 
@@ -313,21 +335,28 @@ def _sentiment(target: Target) -> list[ModelSpec]:
     probs = Tensor("probabilities", "FP32", (2,))
     outputs = (Tensor("label", "STRING", (1,)), Tensor("probability", "FP32", (1,)))
     tokens = {"input_ids": "ids", "attention_mask": "mask"}
-    return [
-        tokenizer("review_tokenizer", sentiment.MAX_LENGTH, target),
-        encoder("sentiment", "sentiment", target, (probs,)),
-        postprocess("sentiment_postprocess", "sentiment_postprocess", (probs,), outputs),
-        ensemble(
-            ANALYZE_SENTIMENT.model,
-            (TEXT,),
-            outputs,
-            (
-                Step("review_tokenizer", {"text": "text"}, tokens),
-                Step("sentiment", tokens, {"probabilities": "probabilities"}),
-                Step("sentiment_postprocess", {"probabilities": "probabilities"}, {"label": "label", "probability": "probability"}),
+
+    def pipeline(suffix: str, interactive: bool) -> list[ModelSpec]:
+        return [
+            tokenizer("review_tokenizer" + suffix, sentiment.MAX_LENGTH, target, expire_queued=not interactive),
+            encoder("sentiment" + suffix, "sentiment", target, (probs,), **(INTERACTIVE if interactive else {})),
+            postprocess("sentiment_postprocess" + suffix, "sentiment_postprocess", (probs,), outputs,
+                        expire_queued=not interactive),
+            ensemble(
+                ANALYZE_SENTIMENT.model + suffix,
+                (TEXT,),
+                outputs,
+                (
+                    Step("review_tokenizer" + suffix, {"text": "text"}, tokens),
+                    Step("sentiment" + suffix, tokens, {"probabilities": "probabilities"}),
+                    Step("sentiment_postprocess" + suffix, {"probabilities": "probabilities"},
+                         {"label": "label", "probability": "probability"}),
+                ),
             ),
-        ),
-    ]
+        ]
+
+    # The gateway's AnalyzeReviews runs on instances of its own (INTERACTIVE), the refresh on the others.
+    return [*pipeline("", interactive=False), *pipeline(QUERY_SUFFIX, interactive=True)]
 
 
 def _ranker(target: Target) -> ModelSpec:

@@ -46,7 +46,7 @@ from core.features import (
     type_columns,
     warm_title_caches,
 )
-from core.model_interfaces import query_model
+from core.model_interfaces import ANALYZE_SENTIMENT, CLASSIFY_PRODUCT, query_model
 from core.profiles import Event, Profile, category_affinity, fold
 from core.settings import Settings
 from core.triton import AsyncTritonClient, TritonError, TritonInputError
@@ -1133,13 +1133,15 @@ class Engine:
     # --- Models straight from Triton ------------------------------------------------------
 
     async def classify(self, texts: list[str], time_left_s: float | None = None) -> list[Classification]:
-        results = await self._triton_call(self.triton.classify(texts, timeout_s=time_left_s))
+        model = await self._query_model(CLASSIFY_PRODUCT.model)
+        results = await self._triton_call(self.triton.classify(texts, timeout_s=time_left_s, model=model))
         return [
             Classification(list(zip(c.department, c.department_prob)), list(zip(c.aisle, c.aisle_prob))) for c in results
         ]
 
     async def analyze(self, texts: list[str], time_left_s: float | None = None) -> list[Sentiment]:
-        results = await self._triton_call(self.triton.sentiment(texts, timeout_s=time_left_s))
+        model = await self._query_model(ANALYZE_SENTIMENT.model)
+        results = await self._triton_call(self.triton.sentiment(texts, timeout_s=time_left_s, model=model))
         return [Sentiment(label, prob) for label, prob in results]
 
     async def _triton_call(self, call: Awaitable):

@@ -3,6 +3,7 @@ matches the spec with the native backend."""
 
 from __future__ import annotations
 
+import pytest
 from tritonclient.grpc import model_config_pb2 as pb
 
 from core.settings import REPO_ROOT
@@ -111,6 +112,28 @@ def test_queries_have_an_encoder_instance_of_their_own():
     assert specs["query_encoder"].queue_delay_us == 0
 
 
+def test_the_gateways_classify_and_sentiment_calls_have_twins_of_their_own():
+    from core.model_interfaces import ANALYZE_SENTIMENT, CLASSIFY_PRODUCT, query_model
+
+    # given the portable repository with both heads trained
+    if not {"product_classifier", "sentiment"} <= artifacts.available():
+        pytest.skip("the classifier and sentiment heads are not committed")
+    specs = {s.name: s for s in repository("portable")}
+    # then each interactive twin runs the same graphs on models no refresh ensemble names
+    twins = {
+        query_model(CLASSIFY_PRODUCT.model): ["query_tokenizer", "product_classifier_query", "product_classifier_postprocess_query"],
+        query_model(ANALYZE_SENTIMENT.model): ["review_tokenizer_query", "sentiment_query", "sentiment_postprocess_query"],
+    }
+    bulk = {step.model for spec in specs.values() if spec.kind == "ensemble" and spec.name not in twins
+            and not spec.name.endswith("_query") for step in spec.steps}
+    for twin, models in twins.items():
+        assert [step.model for step in specs[twin].steps] == models
+        assert not bulk & set(models), twin
+    assert specs["product_classifier_query"].source == specs["product_classifier"].source
+    assert specs["sentiment_query"].source == specs["sentiment"].source
+    assert specs["sentiment_query"].outputs == specs["sentiment"].outputs
+
+
 def test_only_bulk_models_reject_requests_that_outwaited_their_timeout():
     from core.model_interfaces import RANK
 
@@ -118,7 +141,12 @@ def test_only_bulk_models_reject_requests_that_outwaited_their_timeout():
     configs = {s.name: model_config(s, "portable") for s in repository("portable") if s.kind != "ensemble"}
     # then the gateway's per-call models carry no queue policy (in tritonserver 2.51 any policy
     # made ~2 % of lone calls wait ~510 ms for the batcher thread)
-    for name in ("query_tokenizer", "query_encoder", RANK.model):
+    interactive = ["query_tokenizer", "query_encoder", RANK.model]
+    if "product_classifier" in artifacts.available():
+        interactive += ["product_classifier_query", "product_classifier_postprocess_query"]
+    if "sentiment" in artifacts.available():
+        interactive += ["review_tokenizer_query", "sentiment_query", "sentiment_postprocess_query"]
+    for name in interactive:
         assert not configs[name].dynamic_batching.HasField("default_queue_policy"), name
     # and the models refresh batches reach reject requests whose client gave up
     for name in ("tokenizer", "encoder"):

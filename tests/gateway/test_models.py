@@ -47,6 +47,45 @@ def test_analyze_reviews_gives_each_text_a_polarity(client, triton_url):
     assert all(0.5 <= r.probability <= 1 for r in response.results)
 
 
+def _inferences(triton_url: str, model: str) -> int:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(triton_url)
+    try:
+        return sum(s.inference_count for s in client.get_inference_statistics(model).model_stats)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("rpc", MODELS)
+def test_the_rpcs_run_on_instances_the_refresh_never_reaches(client, triton_url, rpc):
+    from core.model_interfaces import query_model
+    from core.triton import TritonClient
+
+    base = MODELS[rpc]
+    needs(triton_url, query_model(base), present=True)
+    texts = ["Organic whole milk, 1 gallon", "Broke after two days. Waste of money.", "Frozen pepperoni pizza"]
+    before = {m: _inferences(triton_url, m) for m in (base, query_model(base))}
+    # when the gateway answers the RPC
+    if rpc == "ClassifyProduct":
+        served = [(r.departments[0].label, r.aisles[0].label) for r in client.classify_product(texts).results]
+    else:
+        served = [r.label for r in client.analyze_reviews(texts).results]
+    # then its twin ensemble did the work, and the refresh's ensemble none of it
+    assert _inferences(triton_url, query_model(base)) - before[query_model(base)] == len(texts)
+    assert _inferences(triton_url, base) == before[base]
+    # and the twin answers as the refresh's ensemble does (the same graphs)
+    triton = TritonClient(triton_url)
+    try:
+        if rpc == "ClassifyProduct":
+            direct = [(c.department[0], c.aisle[0]) for c in triton.classify(texts)]
+        else:
+            direct = [label for label, _ in triton.sentiment(texts)]
+    finally:
+        triton.close()
+    assert served == direct
+
+
 @pytest.mark.parametrize("rpc", MODELS)
 def test_a_model_missing_from_triton_is_unavailable_not_internal(client, gateway_logs, triton_url, rpc):
     needs(triton_url, MODELS[rpc], present=False)

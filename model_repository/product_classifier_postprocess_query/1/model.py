@@ -1,0 +1,1 @@
+../../../export/backends/classifier_postprocess.py

@@ -1,0 +1,1 @@
+../../../export/backends/tokenizer.py

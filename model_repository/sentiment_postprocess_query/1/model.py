@@ -1,0 +1,1 @@
+../../../export/backends/sentiment_postprocess.py

@@ -1,0 +1,1 @@
+../../../export/backends/onnx_runner.py
