@@ -56,6 +56,10 @@ def _ranker(path: Path) -> None:
     ranker.to_onnx(WEIGHTS / "ranker", path)
 
 
+_QUERY_ENCODER_SOURCES = (
+    Path(__file__).parent / "encoder.py", Path(__file__).parent / "heads", WEIGHTS / "query_encoder"
+)
+
 # artifact name -> (builder, the committed inputs it is made from)
 BUILDERS: dict[str, tuple[Callable[[Path], None], tuple[Path, ...]]] = {
     "encoder": (_encoder, (Path(__file__).parent / "encoder.py",)),
@@ -65,19 +69,8 @@ BUILDERS: dict[str, tuple[Callable[[Path], None], tuple[Path, ...]]] = {
     ),
     "sentiment": (_sentiment, (Path(__file__).parent / "heads", WEIGHTS / "sentiment")),
     "ranker": (_ranker, (Path(__file__).parent / "ranker.py", WEIGHTS / "ranker")),
-    "query_encoder": (
-        _query_encoder,
-        (Path(__file__).parent / "encoder.py", Path(__file__).parent / "heads", WEIGHTS / "query_encoder"),
-    ),
-    "query_encoder_int8": (
-        _query_encoder_int8,
-        (
-            Path(__file__).parent / "quantize.py",
-            Path(__file__).parent / "encoder.py",
-            Path(__file__).parent / "heads",
-            WEIGHTS / "query_encoder",
-        ),
-    ),
+    "query_encoder": (_query_encoder, _QUERY_ENCODER_SOURCES),
+    "query_encoder_int8": (_query_encoder_int8, (Path(__file__).parent / "quantize.py", *_QUERY_ENCODER_SOURCES)),
 }
 
 

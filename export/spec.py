@@ -61,6 +61,10 @@ INT8_BUCKET_ROWS = 1
 # with one thread 3.3 and 2.3 ms CPU. On 2 cores shared with Postgres and the gateway, CPU per
 # call is what bounds Search's throughput (bench/gateway.py).
 PER_CALL_SESSION = {"intra_op_spinning": "0", "intra_op_threads": "1"}
+# The encoder settings of a model that only the gateway's interactive calls reach (the twins of
+# core/model_interfaces.py): no queue delay and no queue policy (ModelSpec.expire_queued), one
+# onnxruntime thread that does not spin (PER_CALL_SESSION).
+INTERACTIVE = {"queue_delay_us": 0, "expire_queued": False, "per_call": True}
 
 
 def per_call_session(target: Target) -> dict[str, str]:
@@ -254,12 +258,6 @@ def repository(target: Target, include: frozenset[str] | None = None) -> list[Mo
     if "ranker" in have:
         models.append(_ranker(target))
     return models
-
-
-# The encoder settings of a model that only the gateway's interactive calls reach (the twins of
-# core/model_interfaces.py): no queue delay and no queue policy (ModelSpec.expire_queued), one
-# onnxruntime thread that does not spin (PER_CALL_SESSION).
-INTERACTIVE = {"queue_delay_us": 0, "expire_queued": False, "per_call": True}
 
 
 def query_encoder_source(have: frozenset[str], target: Target) -> str:
