@@ -328,7 +328,7 @@ def _product_classifier(target: Target) -> list[ModelSpec]:
 
 
 def _sentiment(target: Target) -> list[ModelSpec]:
-    from export.heads import sentiment
+    from export.heads import sentiment, sentiment_lexicon
 
     probs = Tensor("probabilities", "FP32", (2,))
     outputs = (Tensor("label", "STRING", (1,)), Tensor("probability", "FP32", (1,)))
@@ -338,7 +338,11 @@ def _sentiment(target: Target) -> list[ModelSpec]:
         return [
             tokenizer("review_tokenizer" + suffix, sentiment.MAX_LENGTH, target, expire_queued=not interactive),
             encoder("sentiment" + suffix, "sentiment", target, (probs,), **(INTERACTIVE if interactive else {})),
-            postprocess("sentiment_postprocess" + suffix, "sentiment_postprocess", (probs,), outputs,
+            # Averages the model's probabilities with the lexical model's, read from the text
+            # (export/backends/sentiment_postprocess.py).
+            postprocess("sentiment_postprocess" + suffix, "sentiment_postprocess", (probs, TEXT), outputs,
+                        files=("lexicon.npy",),
+                        parameters={"lexical_weight": str(sentiment_lexicon.LEXICAL_WEIGHT)},
                         expire_queued=not interactive),
             ensemble(
                 ANALYZE_SENTIMENT.model + suffix,
@@ -347,7 +351,7 @@ def _sentiment(target: Target) -> list[ModelSpec]:
                 (
                     Step("review_tokenizer" + suffix, {"text": "text"}, tokens),
                     Step("sentiment" + suffix, tokens, {"probabilities": "probabilities"}),
-                    Step("sentiment_postprocess" + suffix, {"probabilities": "probabilities"},
+                    Step("sentiment_postprocess" + suffix, {"probabilities": "probabilities", "text": "text"},
                          {"label": "label", "probability": "probability"}),
                 ),
             ),

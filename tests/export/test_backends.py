@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -50,3 +51,61 @@ def test_a_small_jump_is_not_worth_a_call():
     spans = length_buckets(lengths, max_rows=64, call_cost_tokens=50)
     # then: 10 padded tokens cost less than a second onnxruntime call
     assert spans == [(0, 20)]
+
+
+# --- sentiment_postprocess: the lexical model's features and the average ---------------------
+
+def test_review_buckets_are_the_crc32_of_each_word_and_word_pair():
+    import zlib
+
+    from export.backends.sentiment_postprocess import BUCKETS, review_buckets
+
+    # given a review with case, punctuation, a one-letter word and a repeated word
+    text = "Great pan, a GREAT price!"
+    # when its features are hashed
+    buckets = review_buckets(text)
+    # then they are the lowercased words of two or more characters and their adjacent pairs,
+    # once each, by CRC-32 (the contract the committed lexicon was trained on)
+    grams = ["great", "pan", "great", "price", "great pan", "pan great", "great price"]
+    assert buckets.tolist() == sorted({zlib.crc32(g.encode()) % BUCKETS for g in grams})
+    assert review_buckets("").size == 0
+
+
+@given(text=st.text(max_size=200))
+def test_the_lexical_probability_is_the_sigmoid_of_the_summed_bucket_weights(text):
+    from export.backends.sentiment_postprocess import lexical_positive, review_buckets
+
+    # given weights that differ per bucket
+    weights = np.sin(np.arange(1 << 12, dtype=np.float32))
+    # when one review is scored
+    (p,) = lexical_positive([text], weights, 0.25)
+    # then it is the sigmoid of the bias plus the weights of its distinct buckets
+    logit = 0.25 + weights[review_buckets(text, len(weights))].sum()
+    assert abs(p - 1 / (1 + np.exp(-logit))) < 1e-5
+
+
+def test_fuse_averages_the_two_models_and_labels_by_the_average():
+    from export.backends.sentiment_postprocess import fuse
+
+    # given a review the transformer calls mildly positive and the lexicon clearly negative
+    probs = np.array([[0.4, 0.6], [0.1, 0.9]], dtype=np.float32)
+    lexical = np.array([0.1, 0.8], dtype=np.float32)
+    # when they are averaged
+    labels, p = fuse(probs, lexical, 0.5)
+    # then the first turns negative and the second stays positive, each with the average's probability
+    assert labels.tolist() == ["negative", "positive"]
+    np.testing.assert_allclose(p, [0.65, 0.85], atol=1e-6)
+    # and without the lexicon the transformer decides alone
+    labels, p = fuse(probs, None, 0.5)
+    assert labels.tolist() == ["positive", "positive"]
+    np.testing.assert_allclose(p, [0.6, 0.9], atol=1e-6)
+
+
+def test_a_lexicon_trained_on_one_label_only_predicts_its_smoothed_share():
+    from export.heads import sentiment_lexicon
+
+    # given training reviews that are all positive
+    weights, bias = sentiment_lexicon.fit(["works well", "great pan", "love it"], np.ones(3))
+    # then no word weighs anything and every review gets the smoothed share (3 + 1) / (3 + 2)
+    assert not weights.any()
+    np.testing.assert_allclose(sentiment_lexicon.predict(["awful", ""], weights, bias), [0.8, 0.8], atol=1e-6)

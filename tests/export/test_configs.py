@@ -172,3 +172,22 @@ def test_per_call_models_run_one_thread_that_does_not_spin_on_the_portable_targe
     assert "intra_op_spinning" not in portable["encoder"].parameters
     for name in ("query_encoder", RANK.model):
         assert "intra_op_spinning" not in ngc[name].parameters, name
+
+
+def test_sentiment_answers_average_the_model_with_the_lexicon_on_both_targets():
+    from export.heads import sentiment_lexicon
+
+    if "sentiment" not in artifacts.available():
+        pytest.skip("the sentiment head is not committed")
+    for target in TARGETS:
+        specs = {s.name: s for s in repository(target)}
+        for suffix in ("", "_query"):
+            # given the sentiment pipeline and its interactive twin
+            post = specs["sentiment_postprocess" + suffix]
+            last = specs["analyze_sentiment" + suffix].steps[-1]
+            # then its last step reads the review text beside the model's probabilities, and
+            # ships the committed lexicon with the weight training reported on
+            assert last.model == post.name and last.inputs == {"probabilities": "probabilities", "text": "text"}
+            assert [t.name for t in post.inputs] == ["probabilities", "text"]
+            assert post.files == ("lexicon.npy",)
+            assert post.parameters["lexical_weight"] == str(sentiment_lexicon.LEXICAL_WEIGHT)

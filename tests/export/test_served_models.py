@@ -197,6 +197,32 @@ def test_analyze_sentiment_labels_real_reviews(client, aisle_client, reviews):
     assert accuracy > 0.85
 
 
+@pytest.mark.parametrize("model", ["analyze_sentiment", "analyze_sentiment_query"])
+def test_analyze_sentiment_answers_the_average_of_the_model_and_the_lexicon(client, model, reviews):
+    import onnxruntime as ort
+
+    from export import artifacts
+    from export.backends.sentiment_postprocess import fuse
+    from export.heads import sentiment, sentiment_lexicon
+    from export.heads.wordpieces import encode, pad
+
+    _served(client, model)
+    # given real reviews, and the committed transformer and lexicon run outside Triton
+    texts = [text for text, _ in reviews[:40]]
+    session = ort.InferenceSession(str(artifacts.onnx("sentiment")), providers=["CPUExecutionProvider"])
+    ids, mask = pad(encode(texts, sentiment.MAX_LENGTH))
+    (probs,) = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+    lexical = sentiment_lexicon.predict(texts, *sentiment_lexicon.load(artifacts.WEIGHTS / "sentiment"))
+    labels, expected = fuse(probs, lexical, sentiment_lexicon.LEXICAL_WEIGHT)
+    # when the ensemble scores them
+    result = _infer_raw(client, model, [[t.encode()] for t in texts])
+    # then its label and probability are the average's, not the transformer's alone
+    assert [v.decode() for v in result.as_numpy("label").reshape(-1)] == list(labels)
+    np.testing.assert_allclose(result.as_numpy("probability").reshape(-1), expected, atol=1e-4)
+    alone = probs.max(axis=1)
+    assert np.abs(alone - expected).max() > 0.01
+
+
 @pytest.mark.parametrize("model", ["classify_product", "analyze_sentiment"])
 def test_classifier_ensembles_refuse_bad_text_and_stay_up(client, model):
     _served(client, model)
