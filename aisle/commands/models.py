@@ -52,13 +52,21 @@ def _stack_settings():
     return stack_settings(get_settings())
 
 
-def _triton_client():
+# Least time a request of `aisle eval classifier|sentiment` may take. They send a whole file, four
+# requests of 128 texts in flight, and each request's timeout covers its wait behind the other
+# three. On 2 cores shared with a training run, the sentiment model scored ~15 reviews a second,
+# and 643 held-out reviews failed at the default 30 s ("Deadline Exceeded"); idle, they take 17 s
+# (2026-12-07). An evaluation is a batch job: it waits rather than fails.
+EVAL_TRITON_TIMEOUT_S = 600.0
+
+
+def _triton_client(min_timeout_s: float = 0.0):
     from core.triton import TritonClient
 
     settings = _stack_settings()
     if not settings.triton_url:
         fail("no Triton: set AISLE_TRITON_URL or start the local stack with `aisle up`")
-    return TritonClient(settings.triton_url, settings.triton_timeout_s)
+    return TritonClient(settings.triton_url, max(settings.triton_timeout_s, min_timeout_s))
 
 
 def _emit(result: dict, as_json: bool, lines: list[str]) -> None:
@@ -86,7 +94,7 @@ def eval_classifier(
     from aisle.evaluation.classification import evaluate_classifier
     from core.triton import TritonError
 
-    client = _triton_client()
+    client = _triton_client(EVAL_TRITON_TIMEOUT_S)
     try:
         r = evaluate_classifier(client, _readable(test))
     except (TritonError, ValueError, KeyError) as exc:
@@ -109,7 +117,7 @@ def eval_sentiment(
     from aisle.evaluation.classification import evaluate_sentiment
     from core.triton import TritonError
 
-    client = _triton_client()
+    client = _triton_client(EVAL_TRITON_TIMEOUT_S)
     try:
         r = evaluate_sentiment(client, _readable(test))
     except (TritonError, ValueError, KeyError) as exc:

@@ -136,3 +136,46 @@ def test_eval_recommend_on_a_scratch_database(scientific_files, postgres_server,
 
     with psycopg.connect(postgres_server.url) as conn:
         assert not conn.execute("SELECT 1 FROM pg_database WHERE datname LIKE 'aisle_eval%%'").fetchone()
+
+
+def _rows(path: Path, every: int) -> tuple[list[str], list[dict]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)[::every]
+
+
+def _write(path: Path, fields: list[str], rows: list[dict]) -> Path:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_eval_sentiment_scores_a_rating_file_through_the_served_ensemble(cli_env, database_url, monkeypatch, tmp_path):
+    # given real reviews in the held-out format with star ratings instead of labels, 3 stars included
+    fields, rows = _rows(data_file("sentiment", "reviews_train.csv"), 50)
+    for n, r in enumerate(rows):
+        r["rating"] = "3" if n % 10 == 0 else r["rating"]
+    test = _write(tmp_path / "reviews.csv", [f for f in fields if f != "label"], rows)
+    # and a Triton timeout far below what a request of 128 reviews takes
+    cli_env(database_url)
+    monkeypatch.setenv("AISLE_TRITON_TIMEOUT_S", "0.001")
+    # when the CLI evaluates them
+    result = invoke_json("sentiment", "--test", str(test))
+    # then 3-star reviews are dropped, the balance is printed, and the scores are those of a working model
+    assert result["reviews"] == sum(1 for r in rows if r["rating"] != "3")
+    assert set(result["class_balance"]) == {"negative", "positive"}
+    assert result["accuracy"] > 0.85 and result["macro_f1"] > 0.85
+
+
+def test_eval_classifier_scores_instacart_rows_through_the_served_ensemble(cli_env, database_url, tmp_path):
+    # given real Instacart rows, the unlabelled departments among them
+    fields, rows = _rows(data_file("instacart", "products_train.csv"), 200)
+    test = _write(tmp_path / "products.csv", fields, rows)
+    cli_env(database_url)
+    # when the CLI evaluates them
+    result = invoke_json("classifier", "--test", str(test))
+    # then only labelled rows count, and department and aisle scores are a working model's
+    assert result["products"] == sum(1 for r in rows if r["department"] not in ("missing", "other"))
+    assert result["department"]["accuracy"] > 0.8 and result["aisle"]["accuracy"] > 0.7
