@@ -53,6 +53,20 @@ def invoke_json(*args: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _rows(path: Path, every: int) -> tuple[list[str], list[dict]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)[::every]
+
+
+def _write(path: Path, fields: list[str], rows: list[dict]) -> Path:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
 @pytest.fixture
 def search_files(tmp_path) -> tuple[Path, Path, Path]:
     """The first judged queries, their qrels, and a catalog of their judged products plus the
@@ -74,10 +88,7 @@ def search_files(tmp_path) -> tuple[Path, Path, Path]:
     for path, data, fields in ((paths[0], keep, ["query_id", "query"]),
                                (paths[1], kept_qrels, ["query_id", "product_uid", "relevance"]),
                                (paths[2], catalog, ["product_uid", "product_title"])):
-        with open(path, "w", encoding="utf-8", newline="") as f:
-            w = csv.DictWriter(f, fields, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(data)
+        _write(path, fields, data)
     return paths
 
 
@@ -136,20 +147,6 @@ def test_eval_recommend_on_a_scratch_database(scientific_files, postgres_server,
 
     with psycopg.connect(postgres_server.url) as conn:
         assert not conn.execute("SELECT 1 FROM pg_database WHERE datname LIKE 'aisle_eval%%'").fetchone()
-
-
-def _rows(path: Path, every: int) -> tuple[list[str], list[dict]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        return list(reader.fieldnames or []), list(reader)[::every]
-
-
-def _write(path: Path, fields: list[str], rows: list[dict]) -> Path:
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        w = csv.DictWriter(f, fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    return path
 
 
 def test_eval_sentiment_scores_a_rating_file_through_the_served_ensemble(cli_env, database_url, monkeypatch, tmp_path):
