@@ -39,6 +39,13 @@ def review_buckets(text: str, buckets: int = BUCKETS) -> np.ndarray:
     return np.unique(np.fromiter((zlib.crc32(g.encode("utf-8")) % buckets for g in grams), dtype=np.int64, count=len(grams)))
 
 
+def read_lexicon(path: str) -> tuple[np.ndarray, float]:
+    """The lexical model's (weights per bucket, bias), stored as one float32 array: the weights,
+    then the bias (written by export/heads/sentiment_lexicon.py)."""
+    packed = np.load(path)
+    return packed[:-1].astype(np.float32), float(packed[-1])
+
+
 def lexical_positive(texts, weights: np.ndarray, bias: float) -> np.ndarray:
     """Probability that each review is positive under the lexical model (binary features)."""
     logits = np.array([bias + float(weights[review_buckets(t, len(weights))].sum()) for t in texts], dtype=np.float64)
@@ -71,9 +78,7 @@ class TritonPythonModel:
         self.weights, self.bias = None, 0.0
         if self.lexical_weight > 0:
             here = os.path.join(args["model_repository"], args["model_version"])
-            # The weight of each hash bucket, then the bias (export/heads/sentiment_lexicon.py).
-            packed = np.load(os.path.join(here, "lexicon.npy"))
-            self.weights, self.bias = packed[:-1].astype(np.float32), float(packed[-1])
+            self.weights, self.bias = read_lexicon(os.path.join(here, "lexicon.npy"))
 
     def execute(self, requests):
         responses = []

@@ -21,8 +21,8 @@ import torch
 from sklearn.metrics import f1_score
 
 from export.encoder import load_transformer
-from export.heads.datasets import POSITIVE, SENTIMENT_LABELS, Review, read_review_rows
 from export.heads import sentiment_lexicon
+from export.heads.datasets import POSITIVE, SENTIMENT_LABELS, Review, read_review_rows
 from export.heads.embedding import embed
 from export.heads.onnx_graph import export_token_model
 from export.heads.partial_finetune import (

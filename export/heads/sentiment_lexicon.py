@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.backends.sentiment_postprocess import BUCKETS, lexical_positive, review_buckets
+from export.backends.sentiment_postprocess import BUCKETS, lexical_positive, read_lexicon, review_buckets
 
 # One float32 array: the weight of each hash bucket, then the bias (np.save writes the same bytes
 # for the same weights; an .npz archive stamps the time).
@@ -64,8 +64,7 @@ def save(weights: np.ndarray, bias: float, out_dir: Path) -> Path:
 
 
 def load(weights_dir: Path) -> tuple[np.ndarray, float]:
-    packed = np.load(Path(weights_dir) / LEXICON_FILE)
-    return packed[:-1], float(packed[-1])
+    return read_lexicon(str(Path(weights_dir) / LEXICON_FILE))
 
 
 def predict(texts: list[str], weights: np.ndarray, bias: float) -> np.ndarray:
