@@ -138,7 +138,7 @@ def _quiet_build() -> Iterator[None]:
 
 
 def write_file(name: str, dest: Path) -> None:
-    """Write a named non-ONNX file (tokenizer, labels, the sentiment lexicon) to ``dest``."""
+    """Write a named non-ONNX file (tokenizer, labels, the lexicons) to ``dest``."""
     if name == "tokenizer.json":
         from export.encoder import base_model_dir
 
@@ -147,6 +147,8 @@ def write_file(name: str, dest: Path) -> None:
         from export.heads import product_classifier
 
         dest.write_text(json.dumps(product_classifier.LABELS, indent=1, ensure_ascii=False))
+    elif name in ("aisle_lexicon.npy", "aisle_lexicon.json"):
+        shutil.copyfile(WEIGHTS / "product_classifier" / name, dest)
     elif name == "lexicon.npy":
         from export.heads import sentiment_lexicon
 

@@ -280,6 +280,8 @@ def _label_outputs(heads: dict[str, int]) -> list[Tensor]:
 
 
 def _product_classifier(target: Target) -> list[ModelSpec]:
+    from export.backends.classifier_postprocess import LEXICON_META, LEXICON_WEIGHTS
+    from export.heads import classifier_lexicon
     from export.heads import product_classifier as pc
 
     sizes = {name: len(labels) for name, labels in pc.LABELS.items()}
@@ -291,20 +293,23 @@ def _product_classifier(target: Target) -> list[ModelSpec]:
         return (
             Step(tokenizer_name, {"text": "text"}, tokens),
             Step("product_classifier" + suffix, tokens, {t.name: t.name for t in probs}),
-            Step("product_classifier_postprocess" + suffix, {t.name: t.name for t in probs}, {t.name: t.name for t in labels}),
+            Step("product_classifier_postprocess" + suffix, {"text": "text", **{t.name: t.name for t in probs}},
+                 {t.name: t.name for t in labels}),
         )
 
     def models(suffix: str, interactive: bool) -> list[ModelSpec]:
         return [
             encoder("product_classifier" + suffix, "product_classifier", target, tuple(probs),
                     **(INTERACTIVE if interactive else {})),
+            # Averages the model's probabilities with the lexical model's, read from the name
+            # (export/backends/classifier_postprocess.py).
             postprocess(
                 "product_classifier_postprocess" + suffix,
                 "classifier_postprocess",
-                probs,
+                (*probs, TEXT),
                 labels,
-                files=("labels.json",),
-                parameters={"top_k": str(TOP_K_LABELS)},
+                files=("labels.json", LEXICON_WEIGHTS, LEXICON_META),
+                parameters={"top_k": str(TOP_K_LABELS), "lexical_weight": str(classifier_lexicon.LEXICAL_WEIGHT)},
                 expire_queued=not interactive,
             ),
         ]

@@ -24,6 +24,7 @@ import torch
 from sklearn.metrics import f1_score
 
 from export.encoder import load_transformer
+from export.heads import classifier_lexicon
 from export.heads.datasets import read_products
 from export.heads.onnx_graph import export_token_model
 from export.heads.partial_finetune import (
@@ -144,6 +145,18 @@ class ClassifierModel(CosineClassifier):
         return aisle_probs @ self.aisle_to_department, aisle_probs
 
 
+def department_of_aisle() -> np.ndarray:
+    """Index in DEPARTMENTS of each aisle's department, in AISLES order."""
+    return aisle_to_department_matrix().argmax(dim=1).numpy()
+
+
+def served_aisle_probs(transformer_probs: np.ndarray, lexical_probs: np.ndarray) -> np.ndarray:
+    """The aisle distribution the post-processing labels from: the two models' weighted average
+    (departments follow by summing, for both models alike)."""
+    w = classifier_lexicon.LEXICAL_WEIGHT
+    return (1.0 - w) * transformer_probs + w * lexical_probs
+
+
 def _loss(logits: torch.Tensor, departments: torch.Tensor, aisles: torch.Tensor, matrix: torch.Tensor, smoothing: float):
     aisle_loss = torch.nn.functional.cross_entropy(logits, aisles, label_smoothing=smoothing)
     # Department NLL through the summed aisle distribution trains the hierarchy without a second
@@ -188,22 +201,37 @@ def train(
     (out_dir / LABELS_FILE).write_text(
         json.dumps({"departments": DEPARTMENTS, "aisles": AISLES, "config": asdict(config)}, indent=1) + "\n"
     )
+    # The lexical half of the served average, on the same rows (export/heads/classifier_lexicon.py).
+    names = [name for name, _, _ in rows]
+    lexicon = classifier_lexicon.save(
+        *classifier_lexicon.fit([names[i] for i in train_rows], aisle_y[train_rows].numpy(), len(AISLES)),
+        department_of_aisle(),
+        out_dir,
+    )
     metrics: dict = {
         "train_rows": len(train_rows),
         "held_out_rows": len(held_rows),
         "train_seconds": round(time.perf_counter() - started, 1),
         "weight_bytes": (out_dir / WEIGHTS_FILE).stat().st_size,
+        "lexicon_bytes": (out_dir / classifier_lexicon.LEXICON_WEIGHTS).stat().st_size,
     }
     if len(held_rows):
-        aisle_probs = predict_adapted(transformer, head, prefix, held_rows, config)
-        dept_pred = (aisle_probs @ aisle_to_department_matrix().numpy()).argmax(1)
+        transformer_probs = predict_adapted(transformer, head, prefix, held_rows, config)
+        lexical_probs = classifier_lexicon.predict([names[i] for i in held_rows], lexicon)
         dy, ay = dept_y[held_rows].numpy(), aisle_y[held_rows].numpy()
-        metrics |= {
-            "department_accuracy": round(float((dept_pred == dy).mean()), 4),
-            "department_macro_f1": round(float(f1_score(dy, dept_pred, average="macro")), 4),
-            "aisle_accuracy": round(float((aisle_probs.argmax(1) == ay).mean()), 4),
-            "aisle_macro_f1": round(float(f1_score(ay, aisle_probs.argmax(1), average="macro")), 4),
-        }
+        # The served model first (the average), then each half alone.
+        for prefix_name, aisle_probs in (
+            ("", served_aisle_probs(transformer_probs, lexical_probs)),
+            ("transformer_", transformer_probs),
+            ("lexicon_", lexical_probs),
+        ):
+            dept_pred = (aisle_probs @ aisle_to_department_matrix().numpy()).argmax(1)
+            metrics |= {
+                f"{prefix_name}department_accuracy": round(float((dept_pred == dy).mean()), 4),
+                f"{prefix_name}department_macro_f1": round(float(f1_score(dy, dept_pred, average="macro")), 4),
+                f"{prefix_name}aisle_accuracy": round(float((aisle_probs.argmax(1) == ay).mean()), 4),
+                f"{prefix_name}aisle_macro_f1": round(float(f1_score(ay, aisle_probs.argmax(1), average="macro")), 4),
+            }
     print(json.dumps(metrics))
     return metrics
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from export.backends.sentiment_postprocess import BUCKETS, lexical_positive, read_lexicon, review_buckets
+from export.heads.hashed_features import presence_matrix
 
 # One float32 array: the weight of each hash bucket, then the bias (np.save writes the same bytes
 # for the same weights; an .npz archive stamps the time).
@@ -32,12 +33,7 @@ LEXICAL_WEIGHT = 0.5
 
 def features(texts: list[str]):
     """Binary bucket-presence rows (scipy CSR), the features ``review_buckets`` defines."""
-    from scipy.sparse import csr_matrix
-
-    rows = [review_buckets(t) for t in texts]
-    indptr = np.cumsum([0] + [len(r) for r in rows])
-    indices = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-    return csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(len(texts), BUCKETS))
+    return presence_matrix([review_buckets(t) for t in texts], BUCKETS)
 
 
 def fit(texts: list[str], positive: np.ndarray) -> tuple[np.ndarray, float]:

@@ -109,3 +109,96 @@ def test_a_lexicon_trained_on_one_label_only_predicts_its_smoothed_share():
     # then no word weighs anything and every review gets the smoothed share (3 + 1) / (3 + 2)
     assert not weights.any()
     np.testing.assert_allclose(sentiment_lexicon.predict(["awful", ""], weights, bias), [0.8, 0.8], atol=1e-6)
+
+
+# --- classifier_postprocess: the lexical model's features and the average --------------------
+
+def test_name_buckets_are_the_crc32_of_words_word_pairs_and_character_grams():
+    import zlib
+
+    from export.backends.classifier_postprocess import CHAR_BUCKETS, WORD_BUCKETS, name_buckets
+
+    # given a product name with case, punctuation and a repeated word
+    name = "Milk, 2% MILK"
+    # when its features are hashed
+    buckets = name_buckets(name)
+    # then the lowercased words and their pairs take the first range, and the character 2-5 grams
+    # of the words joined by one space, padded by one space, the second (the committed contract)
+    words = ["milk", "2", "milk", "milk 2", "2 milk"]
+    padded = " milk 2 milk "
+    chars = [padded[i : i + n] for n in range(2, 6) for i in range(len(padded) - n + 1)]
+    expected = {zlib.crc32(g.encode()) % WORD_BUCKETS for g in words}
+    expected |= {WORD_BUCKETS + zlib.crc32(c.encode()) % CHAR_BUCKETS for c in chars}
+    assert buckets.tolist() == sorted(expected)
+    assert name_buckets("Milk 2% milk").tolist() == buckets.tolist()
+
+
+def _toy_lexicon(aisles: int = 6):
+    from export.backends.classifier_postprocess import BUCKETS
+
+    rng = np.random.default_rng(0)
+    return {
+        "weights": rng.integers(-127, 128, size=(BUCKETS, aisles)).astype(np.int8),
+        "scale": rng.uniform(0.001, 0.05, size=aisles).astype(np.float32),
+        "bias": rng.normal(size=aisles).astype(np.float32),
+        "department_of_aisle": np.array([0, 0, 1, 1, 1, 2][:aisles]),
+    }
+
+
+@given(name=st.text(min_size=1, max_size=120))
+def test_the_lexical_aisle_probabilities_are_the_softmax_of_the_scaled_bucket_sums(name):
+    from export.backends.classifier_postprocess import lexical_aisle_probs, name_buckets
+
+    # given int8 weights that differ per bucket and aisle
+    lexicon = _toy_lexicon()
+    # when one name is scored
+    (probs,) = lexical_aisle_probs([name], lexicon)
+    # then it is the softmax of the bias plus each aisle's scaled weight sum over its distinct
+    # buckets, each bucket worth 1/sqrt(their number)
+    buckets = name_buckets(name)
+    logits = lexicon["bias"] + lexicon["scale"] * lexicon["weights"][buckets].astype(np.float64).sum(0) / np.sqrt(len(buckets))
+    expected = np.exp(logits - logits.max())
+    np.testing.assert_allclose(probs, expected / expected.sum(), atol=1e-6)
+
+
+def test_classifier_fuse_averages_aisles_and_sums_the_lexicons_aisles_per_department():
+    from export.backends.classifier_postprocess import fuse
+
+    # given the transformer's distributions for one name (departments summed from its aisles)
+    # and a lexicon sure of aisle 4, which sits in department 1
+    department_of_aisle = np.array([0, 0, 1, 1, 1, 2])
+    aisle = np.array([[0.5, 0.2, 0.1, 0.1, 0.0, 0.1]], dtype=np.float32)
+    probs = {"department": np.array([[0.7, 0.2, 0.1]], dtype=np.float32), "aisle": aisle}
+    lexical = np.array([[0.0, 0.0, 0.0, 0.1, 0.9, 0.0]], dtype=np.float32)
+    # when they are averaged
+    fused = fuse(probs, lexical, department_of_aisle, 0.5)
+    # then aisle 4 wins, department 1 wins, and the departments are still the aisles' sums
+    np.testing.assert_allclose(fused["aisle"], [[0.25, 0.1, 0.05, 0.1, 0.45, 0.05]], atol=1e-6)
+    np.testing.assert_allclose(fused["department"], [[0.35, 0.6, 0.05]], atol=1e-6)
+    # and without the lexicon the transformer decides alone
+    assert fuse(probs, None, department_of_aisle, 0.5) is probs
+
+
+def test_a_classifier_lexicon_saves_as_int8_and_serves_what_was_fitted(tmp_path):
+    from export.heads import classifier_lexicon
+
+    # given names of three of four aisles
+    names = ["whole milk", "skim milk", "organic milk", "dog food", "cat food", "puppy food", "red wine", "white wine"]
+    aisles = np.array([0, 0, 0, 1, 1, 1, 3, 3])
+    weights, bias = classifier_lexicon.fit(names, aisles, n_aisles=4)
+    # when it is saved (int8) and loaded as the post-processing does
+    lexicon = classifier_lexicon.save(weights, bias, np.array([0, 1, 1, 2]), tmp_path)
+    served = classifier_lexicon.predict(["2% milk", "dry dog food", "wine"], lexicon)
+    # then the weights are int8 and predict the aisles the float model predicts
+    assert lexicon["weights"].dtype == np.int8 and lexicon["weights"].shape == (classifier_lexicon.BUCKETS, 4)
+    floats = np.asarray(classifier_lexicon.features(["2% milk", "dry dog food", "wine"]) @ weights.T) + bias
+    assert served.argmax(1).tolist() == floats.argmax(1).tolist() == [0, 1, 3]
+    # and the aisle without names gets no weight and stays the least likely
+    assert not weights[2].any()
+    assert (served[:, 2] < served[:, [0, 1, 3]].min(axis=1)).all()
+    # and the same fit writes the same bytes
+    again = tmp_path / "again"
+    again.mkdir()
+    classifier_lexicon.save(*classifier_lexicon.fit(names, aisles, n_aisles=4), np.array([0, 1, 1, 2]), again)
+    for name in (classifier_lexicon.LEXICON_WEIGHTS, classifier_lexicon.LEXICON_META):
+        assert (tmp_path / name).read_bytes() == (again / name).read_bytes()

@@ -191,3 +191,23 @@ def test_sentiment_answers_average_the_model_with_the_lexicon_on_both_targets():
             assert [t.name for t in post.inputs] == ["probabilities", "text"]
             assert post.files == ("lexicon.npy",)
             assert post.parameters["lexical_weight"] == str(sentiment_lexicon.LEXICAL_WEIGHT)
+
+
+def test_classifier_answers_average_the_model_with_the_lexicon_on_both_targets():
+    from export.heads import classifier_lexicon
+
+    if "product_classifier" not in artifacts.available():
+        pytest.skip("the product classifier is not committed")
+    for target in TARGETS:
+        specs = {s.name: s for s in repository(target)}
+        # given the refresh's two classifier pipelines and the gateway's twin
+        for ensemble_name, suffix in (("classify_product", ""), ("enrich_item", ""), ("classify_product_query", "_query")):
+            post = specs["product_classifier_postprocess" + suffix]
+            last = specs[ensemble_name].steps[-1]
+            # then the last step reads the product name beside the model's probabilities, and
+            # ships the committed lexicon with the weight training reported on
+            assert last.model == post.name
+            assert last.inputs == {"text": "text", "department_probs": "department_probs", "aisle_probs": "aisle_probs"}
+            assert [t.name for t in post.inputs] == ["department_probs", "aisle_probs", "text"]
+            assert post.files == ("labels.json", "aisle_lexicon.npy", "aisle_lexicon.json")
+            assert post.parameters["lexical_weight"] == str(classifier_lexicon.LEXICAL_WEIGHT)

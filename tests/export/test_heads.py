@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from export.heads import product_classifier, sentiment, sentiment_lexicon
+from export.heads import classifier_lexicon, product_classifier, sentiment, sentiment_lexicon
 from export.heads.datasets import read_products, read_reviews, review_text
 from export.heads.wordpieces import encode, pad
 
@@ -112,11 +112,14 @@ def product_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, 
 def test_product_training_is_deterministic(product_runs) -> None:
     # given two trainings on the same subset with the same seed
     _, first, second, dir_a, dir_b = product_runs
-    # then the weights are byte-identical and so are the held-out metrics
-    weights = product_classifier.WEIGHTS_FILE
-    assert (dir_a / weights).read_bytes() == (dir_b / weights).read_bytes()
+    # then adapters, head, lexicon and held-out metrics are identical
+    for weights in (product_classifier.WEIGHTS_FILE, classifier_lexicon.LEXICON_WEIGHTS, classifier_lexicon.LEXICON_META):
+        assert (dir_a / weights).read_bytes() == (dir_b / weights).read_bytes()
     drop_timing = lambda m: {k: v for k, v in m.items() if not k.endswith("_seconds")}
     assert drop_timing(first) == drop_timing(second)
+    # and the served average is reported beside each half alone
+    for prefix in ("", "transformer_", "lexicon_"):
+        assert 0 <= first[f"{prefix}department_accuracy"] <= 1 and 0 <= first[f"{prefix}aisle_accuracy"] <= 1
 
 
 @needs_data

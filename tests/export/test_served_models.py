@@ -223,6 +223,36 @@ def test_analyze_sentiment_answers_the_average_of_the_model_and_the_lexicon(clie
     assert np.abs(alone - expected).max() > 0.01
 
 
+@pytest.mark.parametrize("model", ["classify_product", "classify_product_query", "enrich_item"])
+def test_classify_product_answers_the_average_of_the_model_and_the_lexicon(client, model, products):
+    import onnxruntime as ort
+
+    from export import artifacts
+    from export.backends.classifier_postprocess import fuse
+    from export.heads import classifier_lexicon, product_classifier
+    from export.heads.wordpieces import encode, pad
+
+    _served(client, model)
+    # given real product names, and the committed transformer and lexicon run outside Triton
+    names = [name for name, _, _ in products[:40]]
+    session = ort.InferenceSession(str(artifacts.onnx("product_classifier")), providers=["CPUExecutionProvider"])
+    ids, mask = pad(encode(names, product_classifier.MAX_LENGTH))
+    department, aisle = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+    lexicon = classifier_lexicon.load(artifacts.WEIGHTS / "product_classifier")
+    expected = fuse({"department": department, "aisle": aisle}, classifier_lexicon.predict(names, lexicon),
+                    lexicon["department_of_aisle"], classifier_lexicon.LEXICAL_WEIGHT)
+    # when the ensemble classifies them
+    result = _infer_raw(client, model, [[n.encode()] for n in names])
+    # then each head's top labels and probabilities are the average's, not the transformer's alone
+    for head, alone in (("department", department), ("aisle", aisle)):
+        labels = np.array(product_classifier.LABELS[head], dtype=object)
+        top = np.argsort(-expected[head], axis=1, kind="stable")[:, :5]
+        served_prob = result.as_numpy(f"{head}_prob")
+        np.testing.assert_allclose(served_prob, np.take_along_axis(expected[head], top, axis=1), atol=1e-4)
+        assert [row[0].decode() for row in result.as_numpy(head)] == list(labels[top[:, 0]])
+        assert np.abs(alone.max(axis=1) - served_prob[:, 0]).max() > 0.01
+
+
 @pytest.mark.parametrize("model", ["classify_product", "analyze_sentiment"])
 def test_classifier_ensembles_refuse_bad_text_and_stay_up(client, model):
     _served(client, model)
