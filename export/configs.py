@@ -39,6 +39,8 @@ def model_config(spec: ModelSpec, target: Target, tensorrt: bool = False) -> pb.
             cfg.ensemble_scheduling.step.add(
                 model_name=step.model, model_version=-1, input_map=step.inputs, output_map=step.outputs
             )
+        for key, value in spec.parameters.items():
+            cfg.parameters[key].string_value = value
         return cfg
 
     cfg.version_policy.specific.versions.append(spec.version)

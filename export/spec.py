@@ -22,6 +22,7 @@ from core.model_interfaces import (
     ENRICH_ITEM,
     QUERY_SUFFIX,
     RANK,
+    WEIGHTS_FINGERPRINT,
     query_model,
 )
 
@@ -199,7 +200,7 @@ def postprocess(name: str, source: str, inputs, outputs, files=(), parameters=No
     )
 
 
-def ensemble(name: str, inputs, outputs, steps) -> ModelSpec:
+def ensemble(name: str, inputs, outputs, steps, parameters=None) -> ModelSpec:
     return ModelSpec(
         name=name,
         kind="ensemble",
@@ -207,7 +208,15 @@ def ensemble(name: str, inputs, outputs, steps) -> ModelSpec:
         outputs=tuple(outputs),
         max_batch_size=REQUEST_MAX_BATCH,
         steps=tuple(steps),
+        parameters=parameters or {},
     )
+
+
+def served_identity(artifact: str) -> dict[str, str]:
+    """The parameter by which the refresh knows which model made a stored prediction."""
+    from export import artifacts
+
+    return {WEIGHTS_FINGERPRINT: artifacts.served_fingerprint(artifact)}
 
 
 # --- The repository ---------------------------------------------------------------------------
@@ -317,18 +326,20 @@ def _product_classifier(target: Target) -> list[ModelSpec]:
     tokenize, classify, post_step = steps("tokenizer", "")
     # Enrichment tokenizes once and feeds the same ids to the shared encoder and the classifier.
     encode = Step("encoder", tokens, {"sentence_embedding": "embedding"})
+    identity = served_identity("product_classifier")
     return [
         *models("", interactive=False),
-        ensemble(CLASSIFY_PRODUCT.model, (TEXT,), labels, (tokenize, classify, post_step)),
+        ensemble(CLASSIFY_PRODUCT.model, (TEXT,), labels, (tokenize, classify, post_step), identity),
         ensemble(
             ENRICH_ITEM.model,
             (TEXT,),
             [Tensor("embedding", "FP32", (EMBEDDING_DIM,)), *labels],
             (tokenize, encode, classify, post_step),
+            identity,
         ),
         # The gateway's ClassifyProduct: the same graph on instances of its own (INTERACTIVE).
         *models(QUERY_SUFFIX, interactive=True),
-        ensemble(query_model(CLASSIFY_PRODUCT.model), (TEXT,), labels, steps("query_tokenizer", QUERY_SUFFIX)),
+        ensemble(query_model(CLASSIFY_PRODUCT.model), (TEXT,), labels, steps("query_tokenizer", QUERY_SUFFIX), identity),
     ]
 
 
@@ -359,6 +370,7 @@ def _sentiment(target: Target) -> list[ModelSpec]:
                     Step("sentiment_postprocess" + suffix, {"probabilities": "probabilities", "text": "text"},
                          {"label": "label", "probability": "probability"}),
                 ),
+                served_identity("sentiment"),
             ),
         ]
 

@@ -3,6 +3,7 @@ as tasks) and the batch path (`aisle refresh` processes the same ranges in-proce
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,11 +11,26 @@ from datetime import datetime
 
 from psycopg import sql
 
+from core.triton import TritonError
 from workers import runs
 from workers.jobs import BATCH_JOBS, GRAPH, recommendations
 from workers.jobs.base import BatchJob, Deps, plan
 
 Enqueue = Callable[[str, int, int], None]
+log = logging.getLogger(__name__)
+
+
+def _observe(deps: Deps, job: BatchJob) -> None:
+    """Let a job whose results come from a served model record which model Triton serves before
+    its backlog is counted: a new model makes the older predictions pending even when nothing
+    else is (workers/jobs/served_model.py). Without Triton the last recorded model stands."""
+    observe = getattr(job, "observe", None)
+    if observe is None or deps.triton is None:
+        return
+    try:
+        observe(deps)
+    except TritonError as exc:
+        log.warning("job %s: could not ask Triton which model it serves: %s", job.name, exc)
 
 
 @dataclass(frozen=True)
@@ -35,6 +51,7 @@ def tick(deps: Deps, job: BatchJob, enqueue: Enqueue) -> TickResult:
     while (tasks lost with a dead worker; running a range twice is harmless)."""
     conn = deps.conn
     ranges: list = []
+    _observe(deps, job)
     with conn.transaction():
         runs.lock(conn, job.name)
         backlog = job.backlog(conn)
@@ -198,6 +215,7 @@ class Progress:
 def run_inline(deps: Deps, job: BatchJob, on_progress: Callable[[Progress], None] | None = None) -> runs.Run:
     """The batch path: join or open the job's run and work the backlog to the end here."""
     conn = deps.conn
+    _observe(deps, job)
     with conn.transaction():
         runs.lock(conn, job.name)
         run, _ = runs.start_or_join(conn, job.name, job.backlog(conn).pending)

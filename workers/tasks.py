@@ -32,7 +32,8 @@ def _enqueue(job: str, first: int, last: int) -> None:
 
 @app.task(name="aisle.tick", acks_late=True, **RETRY)
 def tick(job: str) -> dict:
-    result = dispatch.tick(resources.deps(need_triton=False), BATCH_JOBS[job], _enqueue)
+    # Jobs on the Triton queue ask it which model it serves before counting their backlog.
+    result = dispatch.tick(resources.deps(need_triton=BATCH_JOBS[job].queue == "triton"), BATCH_JOBS[job], _enqueue)
     if result.dispatched:
         log.info("job %s: run %s dispatched %d batches", job, result.run.id, result.dispatched)
     return {"run": result.run.id if result.run else None, "dispatched": result.dispatched}

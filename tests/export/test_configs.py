@@ -211,3 +211,23 @@ def test_classifier_answers_average_the_model_with_the_lexicon_on_both_targets()
             assert [t.name for t in post.inputs] == ["department_probs", "aisle_probs", "text"]
             assert post.files == ("labels.json", "aisle_lexicon.npy", "aisle_lexicon.json")
             assert post.parameters["lexical_weight"] == str(classifier_lexicon.LEXICAL_WEIGHT)
+
+
+def test_the_classify_and_sentiment_ensembles_name_the_model_their_answers_come_from():
+    from core.model_interfaces import WEIGHTS_FINGERPRINT
+
+    if not {"product_classifier", "sentiment"} <= artifacts.available():
+        pytest.skip("the classifier and sentiment heads are not committed")
+    classifier, sentiment = artifacts.served_fingerprint("product_classifier"), artifacts.served_fingerprint("sentiment")
+    for target in TARGETS:
+        specs = {s.name: s for s in repository(target)}
+        # given the ensembles whose answers the refresh stores
+        # then each names the fingerprint of its head's weights and post-processing, which the
+        # workers stamp on every prediction (workers/jobs/served_model.py)
+        for name in ("classify_product", "enrich_item", "classify_product_query"):
+            assert specs[name].parameters == {WEIGHTS_FINGERPRINT: classifier}, name
+        for name in ("analyze_sentiment", "analyze_sentiment_query"):
+            assert specs[name].parameters == {WEIGHTS_FINGERPRINT: sentiment}, name
+        # and it is rendered into the config Triton serves
+        assert WEIGHTS_FINGERPRINT in model_config(specs["classify_product"], target).parameters
+    assert classifier != sentiment and len(classifier) == 16

@@ -223,6 +223,16 @@ def test_analyze_sentiment_answers_the_average_of_the_model_and_the_lexicon(clie
     assert np.abs(alone - expected).max() > 0.01
 
 
+def test_the_client_reads_which_model_an_ensemble_serves(aisle_client):
+    from core.model_interfaces import CLASSIFY_PRODUCT
+    from export import artifacts
+
+    # when the workers' client asks Triton which model serves classify_product and embed_text
+    # then it reads the weights' fingerprint from the served config, and "" where there is none
+    assert aisle_client.served_identity(CLASSIFY_PRODUCT) == artifacts.served_fingerprint("product_classifier")
+    assert aisle_client.served_identity(EMBED_TEXT) == ""
+
+
 @pytest.mark.parametrize("model", ["classify_product", "classify_product_query", "enrich_item"])
 def test_classify_product_answers_the_average_of_the_model_and_the_lexicon(client, model, products):
     import onnxruntime as ort

@@ -337,3 +337,65 @@ def test_a_trigger_while_running_joins_the_open_run(fresh_database_url, job):
             again, started_again = runs.start_or_join(conn, job, 100)
     assert started and not started_again
     assert again.id == first.id
+
+
+def _subset_csv(source: Path, dest: Path, n: int) -> Path:
+    import csv
+
+    with open(source, encoding="utf-8", newline="") as f, open(dest, "w", encoding="utf-8", newline="") as out:
+        reader = csv.DictReader(f)
+        writer = csv.DictWriter(out, fieldnames=reader.fieldnames)
+        writer.writeheader()
+        writer.writerows(row for _, row in zip(range(n), reader))
+    return dest
+
+
+@pytest.mark.parametrize("job, artifact, stamp, table", [
+    ("enrichment", "product_classifier", "predicted_model", "item_stats"),
+    ("sentiment", "sentiment", "sentiment_model", "reviews"),
+])
+def test_a_model_triton_starts_serving_predicts_again_what_an_older_one_predicted(
+    fresh_database_url, triton_url, tmp_path, job, artifact, stamp, table
+):
+    from export import artifacts
+    from tests.datasets import data_file
+    from workers import dispatch, resources
+    from workers.jobs import BATCH_JOBS
+    from workers.loading import load
+
+    # given 60 reviewed products, scored and classified by the served models (the batch path)
+    source = _subset_csv(data_file("sentiment", "reviews_train.csv"), tmp_path / "reviews.csv", 60)
+    assert not load("sentiment", source, fresh_database_url).errors
+    settings = load_settings(database_url=fresh_database_url, triton_url=triton_url)
+    resources.reset()
+    deps = resources.deps(need_triton=True, settings=settings)
+    spec = BATCH_JOBS[job]
+    first = dispatch.run_inline(deps, spec)
+    served = artifacts.served_fingerprint(artifact)
+    with psycopg.connect(fresh_database_url) as conn:
+        rows = conn.execute(f"SELECT count(*), count(*) FILTER (WHERE {stamp} = %s) FROM {table}", (served,)).fetchone()
+        assert rows[0] == first.done > 0 and rows[1] == rows[0]
+        assert conn.execute("SELECT identity FROM served_models WHERE job = %s", (job,)).fetchone() == (served,)
+        # when an older model had made those predictions, and was what the workers last saw
+        conn.execute(f"UPDATE {table} SET {stamp} = 'older'")
+        if job == "enrichment":
+            conn.execute("UPDATE item_stats SET predicted_department = 'stale'")
+        else:
+            conn.execute("UPDATE reviews SET sentiment_prob = -1")
+        conn.execute("UPDATE served_models SET identity = 'older' WHERE job = %s", (job,))
+    with deps.conn.transaction():
+        assert spec.backlog(deps.conn).pending == 0
+    # then the next tick asks Triton, finds the served model changed and dispatches every row
+    enqueued: list[tuple[str, int, int]] = []
+    tick = dispatch.tick(deps, spec, lambda *task: enqueued.append(task))
+    assert tick.started and enqueued and tick.run.total == first.done
+    # and working that run predicts every row again with the served model, once
+    for _, low, high in enqueued:
+        dispatch.process(deps, spec, low, high)
+    later: list[tuple[str, int, int]] = []
+    assert dispatch.tick(deps, spec, lambda *task: later.append(task)).dispatched == 0 and not later
+    resources.reset()
+    with psycopg.connect(fresh_database_url) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {table} WHERE {stamp} IS DISTINCT FROM %s", (served,)).fetchone() == (0,)
+        stale = "predicted_department = 'stale'" if job == "enrichment" else "sentiment_prob = -1"
+        assert conn.execute(f"SELECT count(*) FROM {table} WHERE {stale}").fetchone() == (0,)

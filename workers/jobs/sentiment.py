@@ -1,13 +1,19 @@
-"""Review sentiment: unscored reviews through `analyze_sentiment`, rolled up into item_stats."""
+"""Review sentiment: unscored reviews, and reviews another model scored, through `analyze_sentiment`,
+rolled up into item_stats."""
 
 from __future__ import annotations
 
 import psycopg
 
 from core.catalog import review_text
+from core.model_interfaces import ANALYZE_SENTIMENT
 from core.settings import Settings
 from workers import runs
+from workers.jobs import served_model
 from workers.jobs.base import Backlog, Deps
+
+# Pending: never scored (or its text changed, which clears the label), or another model scored it.
+_PENDING = f"(sentiment_label IS NULL OR sentiment_model IS DISTINCT FROM {served_model.current('sentiment')})"
 
 # Reviews per task: long texts (up to 256 tokens each) make a batch ~20x the work of titles.
 REVIEW_BATCH = 64
@@ -33,21 +39,26 @@ class ReviewSentiment:
 
     def pending_ids(self, conn: psycopg.Connection, after: int, limit: int) -> list[int]:
         rows = conn.execute(
-            "SELECT id FROM reviews WHERE sentiment_label IS NULL AND id > %s ORDER BY id LIMIT %s", (after, limit)
+            f"SELECT id FROM reviews WHERE {_PENDING} AND id > %s ORDER BY id LIMIT %s", (after, limit)
         )
         return [r[0] for r in rows]
 
     def backlog(self, conn: psycopg.Connection) -> Backlog:
         count, oldest = conn.execute(
-            "SELECT count(*), min(created_at) FROM reviews WHERE sentiment_label IS NULL"
+            f"SELECT count(*), min(created_at) FROM reviews WHERE {_PENDING}"
         ).fetchone()
         return Backlog(count, oldest)
 
+    def observe(self, deps: Deps) -> str:
+        return served_model.observe(deps, self.name, ANALYZE_SENTIMENT)
+
     def process(self, deps: Deps, first: int, last: int) -> int:
         conn = deps.conn
+        # Before the claim, as in enrichment: the rows claimed are stamped with the scoring model.
+        model = self.observe(deps)
         with conn.transaction():
             rows = conn.execute(
-                "SELECT id, item_id, title, body FROM reviews WHERE sentiment_label IS NULL "
+                f"SELECT id, item_id, title, body FROM reviews WHERE {_PENDING} "
                 "AND id BETWEEN %s AND %s ORDER BY id LIMIT %s FOR NO KEY UPDATE SKIP LOCKED",
                 (first, last, REVIEW_BATCH),
             ).fetchall()
@@ -56,9 +67,10 @@ class ReviewSentiment:
             scores = deps.triton.sentiment([review_text(r[2], r[3]) for r in rows])
             with conn.cursor() as cur:
                 cur.executemany(
-                    "UPDATE reviews SET sentiment_label = %s, sentiment_prob = %s, scored_at = now() WHERE id = %s",
+                    "UPDATE reviews SET sentiment_label = %s, sentiment_prob = %s, sentiment_model = %s, scored_at = now() "
+                    "WHERE id = %s",
                     [
-                        (label, prob if label == "positive" else 1.0 - prob, r[0])
+                        (label, prob if label == "positive" else 1.0 - prob, model, r[0])
                         for r, (label, prob) in zip(rows, scores)
                     ],
                 )
