@@ -49,6 +49,11 @@ ABANDONED_CALL_S = 5.0
 MIN_CALL_S = 0.005
 
 
+# A model's config is answered from Triton's memory in about a millisecond; the refresh tick
+# that asks for it should not wait an inference's budget on a server that hangs.
+CONFIG_READ_S = 5.0
+
+
 def _server_timeout_us(seconds: float) -> int:
     return max(1, int(seconds * 1_000_000))
 
@@ -136,7 +141,7 @@ class TritonClient:
         """What the ensemble's answers are made from, per its config's WEIGHTS_FINGERPRINT
         parameter ("" for a repository exported before it existed)."""
         try:
-            config = self._client.get_model_config(endpoint.model, client_timeout=self.timeout_s).config
+            config = self._client.get_model_config(endpoint.model, client_timeout=CONFIG_READ_S).config
         except InferenceServerException as exc:
             raise _classify(exc) from None
         if WEIGHTS_FINGERPRINT not in config.parameters:

@@ -51,6 +51,9 @@ class BatchJob(Protocol):
     def process(self, deps: Deps, first: int, last: int) -> int:
         """Claim and process the pending rows with keys in [first, last]; return rows done."""
 
+    # Jobs that store a served model's answers also define ``observe(deps) -> str``: record which
+    # model Triton serves, so that the backlog counts what an older model made (served_model.py).
+
 
 @dataclass(frozen=True)
 class Range:
