@@ -265,18 +265,23 @@ class Freshness:
     pending: int
     lag_s: float | None
     last_run: runs.Run | None
+    # The served model the job's stored answers follow, as a worker last saw it (jobs that store
+    # a model's answers only; workers/jobs/served_model.py).
+    model: str | None = None
 
 
 def freshness(deps: Deps) -> list[Freshness]:
-    """Per job: rows pending, age of the oldest unprocessed change, and the last run."""
+    """Per job: rows pending, age of the oldest unprocessed change, the last run and, for jobs
+    that store a model's answers, the model they follow."""
     conn = deps.conn
     out = []
     with conn.transaction():
         now = conn.execute("SELECT now()").fetchone()[0]
+        models = dict(conn.execute("SELECT job, identity FROM served_models").fetchall())
         for job in (*BATCH_JOBS.values(), GRAPH):
             backlog = job.backlog(conn)
             lag = (now - backlog.oldest).total_seconds() if backlog.oldest and backlog.pending else 0.0
-            out.append(Freshness(job.name, backlog.pending, lag, runs.last_run(conn, job.name)))
+            out.append(Freshness(job.name, backlog.pending, lag, runs.last_run(conn, job.name), models.get(job.name)))
         if deps.settings.recommend_cache_ttl_s > 0:
             # The warm-up keeps no runs: its freshness is the stale users and the oldest's age.
             backlog = recommendations.backlog(conn)

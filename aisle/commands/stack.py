@@ -71,6 +71,7 @@ def _jobs(settings) -> list[dict]:
                 "last_run_finished": run.finished_at.isoformat() if run and run.finished_at else None,
                 "last_run_rows": run.done if run else None,
                 "last_run_rate": round(run.rate, 1) if run and run.rate else None,
+                "model": f.model,
             }
         )
     return out
@@ -89,11 +90,11 @@ def _print(settings, with_jobs: bool) -> None:
     if with_jobs:
         jobs = _jobs(settings)
         if jobs:
-            table = Table("job", "pending", "lag (s)", "last run finished", "rows", "rows/s", title="refresh jobs")
+            table = Table("job", "pending", "lag (s)", "last run finished", "rows", "rows/s", "model", title="refresh jobs")
             for j in jobs:
                 table.add_row(
                     j["job"], str(j["pending"]), str(j["lag_s"]), j["last_run_finished"] or "-",
                     str(j["last_run_rows"] if j["last_run_rows"] is not None else "-"),
-                    str(j["last_run_rate"] or "-"),
+                    str(j["last_run_rate"] or "-"), j["model"] or "-",
                 )
             out.print(table)

@@ -376,6 +376,9 @@ def test_a_model_triton_starts_serving_predicts_again_what_an_older_one_predicte
         rows = conn.execute(f"SELECT count(*), count(*) FILTER (WHERE {stamp} = %s) FROM {table}", (served,)).fetchone()
         assert rows[0] == first.done > 0 and rows[1] == rows[0]
         assert conn.execute("SELECT identity FROM served_models WHERE job = %s", (job,)).fetchone() == (served,)
+    # (which `aisle status` shows beside the job)
+    assert {f.job: f.model for f in dispatch.freshness(deps)}[job] == served
+    with psycopg.connect(fresh_database_url) as conn:
         # when an older model had made those predictions, and was what the workers last saw
         conn.execute(f"UPDATE {table} SET {stamp} = 'older'")
         if job == "enrichment":
