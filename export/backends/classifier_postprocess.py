@@ -57,8 +57,9 @@ def name_buckets(name: str) -> np.ndarray:
 
 def read_lexicon(directory: str) -> dict:
     """The lexical model as written by export/heads/classifier_lexicon.py: ``weights``, int8
-    ``[BUCKETS, aisles]``; ``scale`` and ``bias`` per aisle; ``department_of_aisle``, the index
-    of each aisle's department in the department labels."""
+    ``[BUCKETS, aisles]``; ``scale`` and ``bias`` per aisle; ``idf`` per bucket; the softmax
+    ``temperature``; ``department_of_aisle``, the index of each aisle's department in the
+    department labels."""
     weights = np.load(os.path.join(directory, LEXICON_WEIGHTS))
     with open(os.path.join(directory, LEXICON_META), encoding="utf-8") as f:
         meta = json.load(f)
@@ -68,21 +69,30 @@ def read_lexicon(directory: str) -> dict:
         "weights": weights,
         "scale": np.asarray(meta["scale"], dtype=np.float32),
         "bias": np.asarray(meta["bias"], dtype=np.float32),
+        "idf": np.asarray(meta["idf"], dtype=np.float32),
+        "temperature": float(meta["temperature"]),
         "department_of_aisle": np.asarray(meta["department_of_aisle"], dtype=np.int64),
     }
 
 
+def name_features(buckets: np.ndarray, idf: np.ndarray) -> np.ndarray:
+    """The value of each of the name's buckets: its IDF, the whole vector L2-normalised."""
+    values = idf[buckets].astype(np.float64)
+    norm = np.sqrt(np.dot(values, values))
+    return values / norm if norm > 0 else values
+
+
 def lexical_aisle_probs(names, lexicon: dict) -> np.ndarray:
-    """Aisle probabilities ``[len(names), aisles]`` under the lexical model: softmax of the bias plus
-    the scaled weights of the name's distinct buckets, each bucket worth 1/sqrt(their number) (the
-    L2-normalised presence vector it was trained on)."""
-    weights, scale, bias = lexicon["weights"], lexicon["scale"], lexicon["bias"]
+    """Aisle probabilities ``[len(names), aisles]`` under the lexical model: the softmax, at the
+    model's temperature, of the bias plus the name's TF-IDF vector times the scaled weights."""
+    weights, scale, bias, idf = lexicon["weights"], lexicon["scale"], lexicon["bias"], lexicon["idf"]
     logits = np.empty((len(names), len(bias)), dtype=np.float64)
     for row, name in enumerate(names):
         buckets = name_buckets(name)
-        # Integer sums of the int8 weights are exact, so the order of the rows cannot change them.
-        summed = weights[buckets].sum(axis=0, dtype=np.int64)
-        logits[row] = bias + scale * summed / np.sqrt(max(len(buckets), 1))
+        # One name at a time, its buckets in sorted order: a name's score never depends on the
+        # other names of its batch.
+        logits[row] = bias + scale * (name_features(buckets, idf) @ weights[buckets])
+    logits *= lexicon["temperature"]
     logits -= logits.max(axis=1, keepdims=True)
     probs = np.exp(logits)
     return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from export.backends.sentiment_postprocess import BUCKETS, lexical_positive, read_lexicon, review_buckets
-from export.heads.hashed_features import presence_matrix
+from export.heads.hashed_features import bucket_matrix
 
 # One float32 array: the weight of each hash bucket, then the bias (np.save writes the same bytes
 # for the same weights; an .npz archive stamps the time).
@@ -33,7 +33,7 @@ LEXICAL_WEIGHT = 0.5
 
 def features(texts: list[str]):
     """Binary bucket-presence rows (scipy CSR), the features ``review_buckets`` defines."""
-    return presence_matrix([review_buckets(t) for t in texts], BUCKETS)
+    return bucket_matrix([review_buckets(t) for t in texts], BUCKETS)
 
 
 def fit(texts: list[str], positive: np.ndarray) -> tuple[np.ndarray, float]:

@@ -141,24 +141,31 @@ def _toy_lexicon(aisles: int = 6):
         "weights": rng.integers(-127, 128, size=(BUCKETS, aisles)).astype(np.int8),
         "scale": rng.uniform(0.001, 0.05, size=aisles).astype(np.float32),
         "bias": rng.normal(size=aisles).astype(np.float32),
+        "idf": rng.uniform(1.0, 10.0, size=BUCKETS).astype(np.float32),
+        "temperature": 4.0,
         "department_of_aisle": np.array([0, 0, 1, 1, 1, 2][:aisles]),
     }
 
 
 @given(name=st.text(min_size=1, max_size=120))
-def test_the_lexical_aisle_probabilities_are_the_softmax_of_the_scaled_bucket_sums(name):
+def test_the_lexical_aisle_probabilities_are_the_tempered_softmax_of_the_tfidf_scores(name):
     from export.backends.classifier_postprocess import lexical_aisle_probs, name_buckets
 
-    # given int8 weights that differ per bucket and aisle
+    # given int8 weights that differ per bucket and aisle, and an IDF per bucket
     lexicon = _toy_lexicon()
-    # when one name is scored
+    # when one name, and the same name among others, are scored
     (probs,) = lexical_aisle_probs([name], lexicon)
-    # then it is the softmax of the bias plus each aisle's scaled weight sum over its distinct
-    # buckets, each bucket worth 1/sqrt(their number)
+    batched = lexical_aisle_probs(["cat food", name, "red wine"], lexicon)[1]
+    # then it is the softmax, at the temperature, of the bias plus the scaled weights times the
+    # name's distinct buckets' IDFs, L2-normalised; and its batch does not change it
     buckets = name_buckets(name)
-    logits = lexicon["bias"] + lexicon["scale"] * lexicon["weights"][buckets].astype(np.float64).sum(0) / np.sqrt(len(buckets))
+    x = lexicon["idf"][buckets].astype(np.float64)
+    x /= np.linalg.norm(x)
+    scores = lexicon["bias"] + lexicon["scale"] * (lexicon["weights"][buckets].astype(np.float64).T @ x)
+    logits = lexicon["temperature"] * scores
     expected = np.exp(logits - logits.max())
     np.testing.assert_allclose(probs, expected / expected.sum(), atol=1e-6)
+    np.testing.assert_array_equal(batched, probs)
 
 
 def test_classifier_fuse_averages_aisles_and_sums_the_lexicons_aisles_per_department():
@@ -185,14 +192,21 @@ def test_a_classifier_lexicon_saves_as_int8_and_serves_what_was_fitted(tmp_path)
     # given names of three of four aisles
     names = ["whole milk", "skim milk", "organic milk", "dog food", "cat food", "puppy food", "red wine", "white wine"]
     aisles = np.array([0, 0, 0, 1, 1, 1, 3, 3])
-    weights, bias = classifier_lexicon.fit(names, aisles, n_aisles=4)
+    weights, bias, idf = classifier_lexicon.fit(names, aisles, n_aisles=4)
     # when it is saved (int8) and loaded as the post-processing does
-    lexicon = classifier_lexicon.save(weights, bias, np.array([0, 1, 1, 2]), tmp_path)
+    lexicon = classifier_lexicon.save(weights, bias, idf, np.array([0, 1, 1, 2]), tmp_path)
     served = classifier_lexicon.predict(["2% milk", "dry dog food", "wine"], lexicon)
     # then the weights are int8 and predict the aisles the float model predicts
     assert lexicon["weights"].dtype == np.int8 and lexicon["weights"].shape == (classifier_lexicon.BUCKETS, 4)
-    floats = np.asarray(classifier_lexicon.features(["2% milk", "dry dog food", "wine"]) @ weights.T) + bias
+    floats = np.asarray(classifier_lexicon.features(["2% milk", "dry dog food", "wine"], idf) @ weights.T) + bias
     assert served.argmax(1).tolist() == floats.argmax(1).tolist() == [0, 1, 3]
+    # and each bucket weighs by its smoothed IDF over the names: "wine" is in 2 of 8, "food" in 3
+    import zlib
+
+    from export.backends.classifier_postprocess import WORD_BUCKETS
+
+    word = lambda w: zlib.crc32(w.encode()) % WORD_BUCKETS
+    np.testing.assert_allclose(idf[[word("wine"), word("food")]], np.log(9 / np.array([3, 4])) + 1, rtol=1e-6)
     # and the aisle without names gets no weight and stays the least likely
     assert not weights[2].any()
     assert (served[:, 2] < served[:, [0, 1, 3]].min(axis=1)).all()
