@@ -154,6 +154,9 @@ def _quiet_build() -> Iterator[None]:
 
 def write_file(name: str, dest: Path) -> None:
     """Write a named non-ONNX file (tokenizer, labels, the lexicons) to ``dest``."""
+    from export.backends.classifier_postprocess import LEXICON_META, LEXICON_WEIGHTS
+    from export.heads.sentiment_lexicon import LEXICON_FILE
+
     if name == "tokenizer.json":
         from export.encoder import base_model_dir
 
@@ -162,11 +165,9 @@ def write_file(name: str, dest: Path) -> None:
         from export.heads import product_classifier
 
         dest.write_text(json.dumps(product_classifier.LABELS, indent=1, ensure_ascii=False))
-    elif name in ("aisle_lexicon.npy", "aisle_lexicon.json"):
+    elif name in (LEXICON_WEIGHTS, LEXICON_META):
         shutil.copyfile(WEIGHTS / "product_classifier" / name, dest)
-    elif name == "lexicon.npy":
-        from export.heads import sentiment_lexicon
-
-        shutil.copyfile(WEIGHTS / "sentiment" / sentiment_lexicon.LEXICON_FILE, dest)
+    elif name == LEXICON_FILE:
+        shutil.copyfile(WEIGHTS / "sentiment" / name, dest)
     else:
         raise KeyError(f"unknown repository file {name!r}")

@@ -34,13 +34,13 @@ def model_config(spec: ModelSpec, target: Target, tensorrt: bool = False) -> pb.
     cfg.input.extend(_io(pb.ModelInput, t, allow_ragged=spec.kind != "ensemble") for t in spec.inputs)
     cfg.output.extend(_io(pb.ModelOutput, t) for t in spec.outputs)
 
+    for key, value in spec.parameters.items():
+        cfg.parameters[key].string_value = value
     if spec.kind == "ensemble":
         for step in spec.steps:
             cfg.ensemble_scheduling.step.add(
                 model_name=step.model, model_version=-1, input_map=step.inputs, output_map=step.outputs
             )
-        for key, value in spec.parameters.items():
-            cfg.parameters[key].string_value = value
         return cfg
 
     cfg.version_policy.specific.versions.append(spec.version)
@@ -60,8 +60,6 @@ def model_config(spec: ModelSpec, target: Target, tensorrt: bool = False) -> pb.
             policy.timeout_action = pb.ModelQueuePolicy.REJECT
             policy.default_timeout_microseconds = QUEUE_TIMEOUT_US
             policy.allow_timeout_override = True
-    for key, value in spec.parameters.items():
-        cfg.parameters[key].string_value = value
     if native and tensorrt:
         accel = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
         accel.parameters["precision_mode"] = "FP16"

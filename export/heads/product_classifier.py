@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score
 
+from export.backends.classifier_postprocess import fuse
 from export.encoder import load_transformer
 from export.heads import classifier_lexicon
 from export.heads.datasets import read_products
@@ -150,13 +151,6 @@ def department_of_aisle() -> np.ndarray:
     return aisle_to_department_matrix().argmax(dim=1).numpy()
 
 
-def served_aisle_probs(transformer_probs: np.ndarray, lexical_probs: np.ndarray) -> np.ndarray:
-    """The aisle distribution the post-processing labels from: the two models' weighted average
-    (departments follow by summing, for both models alike)."""
-    w = classifier_lexicon.LEXICAL_WEIGHT
-    return (1.0 - w) * transformer_probs + w * lexical_probs
-
-
 def _loss(logits: torch.Tensor, departments: torch.Tensor, aisles: torch.Tensor, matrix: torch.Tensor, smoothing: float):
     aisle_loss = torch.nn.functional.cross_entropy(logits, aisles, label_smoothing=smoothing)
     # Department NLL through the summed aisle distribution trains the hierarchy without a second
@@ -216,21 +210,24 @@ def train(
         "lexicon_bytes": (out_dir / classifier_lexicon.LEXICON_WEIGHTS).stat().st_size,
     }
     if len(held_rows):
-        transformer_probs = predict_adapted(transformer, head, prefix, held_rows, config)
+        aisle_probs = predict_adapted(transformer, head, prefix, held_rows, config)
+        transformer_probs = {"department": aisle_probs @ matrix.numpy(), "aisle": aisle_probs}
         lexical_probs = classifier_lexicon.predict([names[i] for i in held_rows], lexicon)
+        # The served average, by the post-processing's own code.
+        served = fuse(transformer_probs, lexical_probs, lexicon["department_of_aisle"], classifier_lexicon.LEXICAL_WEIGHT)
         dy, ay = dept_y[held_rows].numpy(), aisle_y[held_rows].numpy()
         # The served model first (the average), then each half alone.
-        for prefix_name, aisle_probs in (
-            ("", served_aisle_probs(transformer_probs, lexical_probs)),
+        for prefix_name, probs in (
+            ("", served),
             ("transformer_", transformer_probs),
-            ("lexicon_", lexical_probs),
+            ("lexicon_", {"department": lexical_probs @ matrix.numpy(), "aisle": lexical_probs}),
         ):
-            dept_pred = (aisle_probs @ aisle_to_department_matrix().numpy()).argmax(1)
+            dept_pred, aisle_pred = probs["department"].argmax(1), probs["aisle"].argmax(1)
             metrics |= {
                 f"{prefix_name}department_accuracy": round(float((dept_pred == dy).mean()), 4),
                 f"{prefix_name}department_macro_f1": round(float(f1_score(dy, dept_pred, average="macro")), 4),
-                f"{prefix_name}aisle_accuracy": round(float((aisle_probs.argmax(1) == ay).mean()), 4),
-                f"{prefix_name}aisle_macro_f1": round(float(f1_score(ay, aisle_probs.argmax(1), average="macro")), 4),
+                f"{prefix_name}aisle_accuracy": round(float((aisle_pred == ay).mean()), 4),
+                f"{prefix_name}aisle_macro_f1": round(float(f1_score(ay, aisle_pred, average="macro")), 4),
             }
     print(json.dumps(metrics))
     return metrics
