@@ -196,10 +196,13 @@ class AsyncTritonClient:
         except (InferenceServerException, grpc.RpcError, asyncio.TimeoutError):
             return False
 
-    async def model_ready(self, name: str, timeout_s: float = 5.0) -> bool:
+    async def model_ready(self, name: str, timeout_s: float = 5.0) -> bool | None:
+        """Whether Triton serves ``name``; None when it did not answer within ``timeout_s``."""
         try:
             return await asyncio.wait_for(self._client.is_model_ready(name), timeout_s)
-        except (InferenceServerException, grpc.RpcError, asyncio.TimeoutError):
+        except asyncio.TimeoutError:
+            return None
+        except (InferenceServerException, grpc.RpcError):
             return False
 
     async def _infer(self, endpoint: Endpoint, inputs, timeout_s: float | None, model: str | None = None):

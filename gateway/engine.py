@@ -617,7 +617,13 @@ class Engine:
             return known[1]
         twin = query_model(triton_model)
         # A short look: this sits on the search path, and the base model answers just as well.
-        chosen = twin if await self.triton.model_ready(twin, timeout_s=QUERY_MODEL_LOOKUP_S) else triton_model
+        ready = await self.triton.model_ready(twin, timeout_s=QUERY_MODEL_LOOKUP_S)
+        if ready is None:
+            # No answer in time (a busy machine) says nothing about the twin: keep what was known
+            # and look again on the next call. Taken as "no twin", it sent every call of the next
+            # MODEL_TTL_S to the refresh's models (a CI run's AnalyzeReviews did, 2026-12-08).
+            return known[1] if known else triton_model
+        chosen = twin if ready else triton_model
         self._query_models[triton_model] = (now, chosen)
         return chosen
 

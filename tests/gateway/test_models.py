@@ -7,6 +7,8 @@ Triton's reason (never INTERNAL). Each environment runs one of the two cases of 
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 
@@ -98,3 +100,23 @@ def test_a_model_missing_from_triton_is_unavailable_not_internal(client, gateway
     # the log says which model, under that request id
     lines = [line for line in gateway_logs.since(mark) if line["request_id"] == f"missing-{rpc}"]
     assert any(MODELS[rpc] in line["message"] for line in lines), lines
+
+
+def test_a_twin_lookup_that_gets_no_answer_in_time_keeps_the_twin(gateway, gateway_loop, triton_url, monkeypatch):
+    from core.model_interfaces import query_model
+    from gateway import engine as engine_module
+
+    needs(triton_url, query_model("analyze_sentiment"), present=True)
+    engine = gateway.server.engine
+    # given an engine that found the twin once, long enough ago to look again
+    engine._query_models["analyze_sentiment"] = (time.monotonic() - engine_module.MODEL_TTL_S - 1, "analyze_sentiment_query")
+    # when Triton does not answer the readiness look in time (a busy machine)
+    monkeypatch.setattr(engine_module, "QUERY_MODEL_LOOKUP_S", 0)
+    chosen = gateway_loop.run(engine._query_model("analyze_sentiment"))
+    # then calls stay on the twin, and the next call looks again
+    assert chosen == "analyze_sentiment_query"
+    assert time.monotonic() - engine._query_models["analyze_sentiment"][0] > engine_module.MODEL_TTL_S
+    # and once Triton answers, the twin is confirmed for another MODEL_TTL_S
+    monkeypatch.setattr(engine_module, "QUERY_MODEL_LOOKUP_S", 5.0)
+    assert gateway_loop.run(engine._query_model("analyze_sentiment")) == "analyze_sentiment_query"
+    assert time.monotonic() - engine._query_models["analyze_sentiment"][0] < engine_module.MODEL_TTL_S
