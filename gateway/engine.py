@@ -31,7 +31,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from core.cpu import one_blas_thread
-from core.db import configure_async
+from core.db import EF_SEARCH, configure_async
 from core.embeddings import EmbeddingModel, index_name
 from core.features import (
     FEATURE_NAMES,
@@ -93,6 +93,9 @@ RANKED_POOL = 300
 # NDCG@10 0.0967 against 0.0963 at 200, and in-process at c=4 Recommend ran at 78-82 QPS against
 # 64-66 (2026-12-06).
 RECOMMEND_DENSE = 100
+# Items a nearest-neighbour query in Postgres leaves out by id (a user's history): the array
+# travels with the query, and a history longer than this is still left out of the answer.
+MAX_EXCLUDED = 1000
 RECOMMEND_COOC = 200
 RECOMMEND_POPULAR = 100
 # Two-hop co-occurrence (items bought near the items bought near the user's recent ones): the
@@ -487,7 +490,12 @@ class Engine:
         if self._items_load is None or self._items_load.done():
             # After a failure, a full read rather than another look: whatever failed in the look
             # would fail again.
-            full = not usable or failed_at is not None or now - current.loaded_at >= ITEM_TABLE_TTL_S
+            full = (
+                not usable or failed_at is not None or now - current.loaded_at >= ITEM_TABLE_TTL_S
+                # Re-embedded rows are scored exactly on every nearest-neighbour query until the
+                # graph is built again.
+                or len(current.moved) > ITEM_STALE_MAX
+            )
             self._items_load = asyncio.create_task(self._load_items(model) if full else self._poll_items(current, model))
             self._items_load.add_done_callback(self._note_item_table_failure)
         return current if usable else None
@@ -502,9 +510,12 @@ class Engine:
         started = time.monotonic()
         async with self.connection(timeout_s=POOL_WAIT_S) as conn:
             loaded_at_db, rows = await item_table.read(conn, model.version)
-        self._items = await asyncio.to_thread(item_table.build, rows, model.version, model.dim, loaded_at_db, started)
-        self._items_failed_at = None
+        table = await asyncio.to_thread(item_table.build, rows, model.version, model.dim, loaded_at_db, started)
         del rows
+        if self.settings.gateway_vector_index:
+            table = await asyncio.to_thread(table.indexed)
+        self._items = table
+        self._items_failed_at = None
         _settle_heap()
         await asyncio.to_thread(_return_freed_memory)
         return self._items
@@ -723,8 +734,7 @@ class Engine:
         async def dense():
             if not nearest:
                 return []
-            async with self.connection() as conn:
-                return await retrieval.dense(conn, model, qvec, DENSE_CANDIDATES, q.filters)
+            return await self._nearest(model, qvec, DENSE_CANDIDATES, q.filters)
 
         async def lexical():
             async with self.connection() as conn:
@@ -769,6 +779,29 @@ class Engine:
             "lexical": {h.item_id: h.score for h in lex_hits},
         }
         return lists, scores_by, graph_paths, expansions, lexemes, state
+
+    async def _nearest(
+        self, model: EmbeddingModel, vector: np.ndarray, n: int, filters: Filters,
+        exclude: set[int] | frozenset[int] = frozenset(), ef_search: int = EF_SEARCH,
+    ) -> list[retrieval.Scored]:
+        """The ``n`` items closest to ``vector``: from the graph in memory over the item table
+        when it is built and no filter applies (plus an exact scan in Postgres of the items
+        added since the table's load), else pgvector's HNSW index (an exact scan with filters)."""
+        table = self.item_table(model) if filters.empty() and self.settings.gateway_vector_index else None
+        found = table.nearest(vector, n, ef_search, exclude) if table is not None else None
+        if found is None:
+            async with self.connection() as conn:
+                return await retrieval.dense(
+                    conn, model, vector, n, filters, exclude=list(exclude)[:MAX_EXCLUDED] or None,
+                    ef_search=None if ef_search == EF_SEARCH else ef_search,
+                )
+        scored = [retrieval.Scored(i, s) for i, s in found]
+        new = [i for i in table.stale if i not in exclude]
+        if new:
+            async with self.connection() as conn:
+                scored += await retrieval.nearest_among(conn, model, vector, new, n)
+            scored = sorted(scored, key=lambda h: (-h.score, h.item_id))[:n]
+        return scored
 
     async def _order_by_vector(self, ids, vector, model, filters, n) -> list[int]:
         table = self.item_table(model)
@@ -1051,9 +1084,7 @@ class Engine:
         async def by_vector(vector):
             if vector is None or not nearest:
                 return []
-            async with self.connection() as conn:
-                return await retrieval.dense(conn, model, vector, RECOMMEND_DENSE, filters, exclude=list(exclude)[:1000],
-                                             ef_search=RECOMMEND_DENSE)
+            return await self._nearest(model, vector, RECOMMEND_DENSE, filters, exclude, ef_search=RECOMMEND_DENSE)
 
         anchor_facts = await self._facts(anchors, model, with_embeddings=True)
         anchor_vecs = anchor_facts.embeddings[np.linalg.norm(anchor_facts.embeddings, axis=1) > 0]

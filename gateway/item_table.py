@@ -27,6 +27,7 @@ import psycopg
 
 from gateway.model import Filters
 from gateway.retrieval import ItemFacts, stack_vectors
+from gateway.vector_index import VectorIndex
 
 # Rows per fetch of the full read: each fetch parses on the event loop, and the 59k rows took
 # 1.65 s in all (~28 ms per 1,000), so calls wait at most that long behind one fetch.
@@ -95,6 +96,11 @@ class ItemTable:
     loaded_at: float
     polled_at: float
     stale: frozenset[int] = field(default_factory=frozenset)
+    # The nearest-neighbour graph over the embeddings of the full read (``indexed``), and the
+    # rows whose embedding changed since it was built: the graph's answers for them are stale,
+    # so `nearest` scores them exactly instead.
+    vectors: VectorIndex | None = None
+    moved: frozenset[int] = field(default_factory=frozenset)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -187,6 +193,10 @@ class ItemTable:
             at = self.positions(fresh.ids.tolist())
             if (at < 0).any():
                 raise ValueError("with_rows takes rows of held items only")
+            moved = self.moved
+            if self.vectors is not None:
+                shifted = np.any(self.embeddings[at] != fresh.embeddings, axis=1)
+                moved = moved | frozenset(at[shifted].tolist())
             arrays = {name: getattr(self, name).copy() for name in _ARRAYS}
             lists = {name: list(getattr(self, name)) for name in _LISTS}
             for name in _ARRAYS:
@@ -195,11 +205,42 @@ class ItemTable:
                 column, values = lists[name], getattr(fresh, name)
                 for k, row in enumerate(at.tolist()):
                     column[row] = values[k]
-            table = replace(self, **arrays, **lists)
+            table = replace(self, **arrays, **lists, moved=moved)
         else:
             table = self
         stale = self.stale | frozenset(unknown) if unknown else self.stale
         return replace(table, stale=stale, polled_at=now, polled_at_db=polled_at_db)
+
+    def indexed(self) -> ItemTable:
+        """The table with a nearest-neighbour graph over its embeddings (CPU only, seconds for
+        a large catalog: run it off the event loop)."""
+        return replace(self, vectors=VectorIndex.build(self.embeddings, self.norms), moved=frozenset())
+
+    def nearest(self, vector: np.ndarray, n: int, ef: int, exclude: frozenset[int] | set[int] = frozenset()) -> list[tuple[int, float]] | None:
+        """The ``n`` held items closest to ``vector`` by cosine similarity, as (id, similarity),
+        closest first, leaving out ``exclude``: what ``retrieval.dense`` answers without
+        filters, over the items the table holds (not the stale ones). None without a graph."""
+        if self.vectors is None:
+            return None
+        vec = np.asarray(vector, dtype=np.float32)
+        length = float(np.linalg.norm(vec))
+        if length == 0 or n <= 0:
+            return []
+        # Excluded items (a user's history) take places in the graph's answer: ask for that many
+        # more, so the answer still holds n where pgvector's, filtering after its scan, held fewer.
+        rows = self.vectors.search(vec, n + min(len(exclude), n), ef)
+        if self.moved:
+            moved = np.fromiter(self.moved, dtype=np.int64, count=len(self.moved))
+            rows = np.concatenate([rows[~np.isin(rows, moved)], moved])
+        rows = rows[self.norms[rows] > 0]
+        ids = self.ids[rows]
+        if exclude:
+            keep = ~np.isin(ids, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))
+            rows, ids = rows[keep], ids[keep]
+        # The exact cosine, as 1 - (e <=> v) in SQL: the graph only chose the candidates.
+        sims = (self.embeddings[rows] @ vec) / (self.norms[rows] * np.float32(length))
+        order = np.lexsort((ids, -sims))[:n]
+        return list(zip(ids[order].tolist(), sims[order].tolist()))
 
     def closest(self, ids: list[int], vector: np.ndarray | None, n: int, filters: Filters) -> list[int] | None:
         """What ``retrieval.closest_of`` answers, or None when some id is not held (the caller

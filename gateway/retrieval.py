@@ -84,6 +84,22 @@ async def dense(
     return [Scored(r[0], float(r[1])) for r in rows]
 
 
+async def nearest_among(
+    conn: psycopg.AsyncConnection, model: EmbeddingModel, vector: np.ndarray, ids: list[int], n: int,
+) -> list[Scored]:
+    """The ``n`` of ``ids`` closest to ``vector``, scanned exactly: the items the gateway's
+    in-memory graph does not hold yet (gateway/vector_index.py), a few new items at a time."""
+    if not ids:
+        return []
+    query = sql.SQL(
+        "SELECT e.item_id, 1 - ({expr} <=> %(v)s::vector) FROM item_embeddings e "
+        "WHERE e.model_version = {version} AND e.item_id = ANY(%(ids)s) "
+        "ORDER BY 2 DESC, e.item_id LIMIT %(n)s"
+    ).format(expr=vector_expr(model), version=sql.Literal(model.version))
+    params = {"v": np.asarray(vector, dtype=np.float32), "ids": ids, "n": n}
+    return [Scored(r[0], float(r[1])) for r in await (await conn.execute(query, params, binary=True)).fetchall()]
+
+
 async def closest_of(
     conn: psycopg.AsyncConnection, ids: list[int], model: EmbeddingModel, vector: np.ndarray | None, n: int,
     filters: Filters,

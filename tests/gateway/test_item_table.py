@@ -4,6 +4,7 @@ in for, and how the table follows changes, on the gateway test catalog."""
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -313,6 +314,100 @@ def test_a_gateway_started_before_the_catalog_holds_it_once_it_is_loaded(postgre
             facts, missing = table.facts(ids, Filters(), {}, False)
             assert facts.ids == ids and not missing
         finally:
+            await engine.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.fixture(scope="module")
+def indexed(table) -> item_table.ItemTable:
+    return table.indexed()
+
+
+def test_the_graph_in_memory_answers_what_pgvectors_index_answers(loop, db, indexed):
+    model = EmbeddingModel(indexed.version, "", indexed.embeddings.shape[1], "active")
+    rng = np.random.default_rng(0)
+    held = np.flatnonzero(indexed.norms > 0)
+    overlaps = []
+    for source in rng.choice(held, 20, replace=False):
+        # Given a query near a held item, and items to leave out (a history), the item among them
+        query = indexed.embeddings[source] + rng.normal(0, 0.02, indexed.embeddings.shape[1]).astype(np.float32)
+        exclude = {int(i) for i in indexed.ids[rng.choice(held, 30)]} | {int(indexed.ids[source])}
+        # when the graph and pgvector's index are asked for the 50 nearest
+        mine = indexed.nearest(query, 50, 200, exclude)
+        sql = loop.run_until_complete(retrieval.dense(db, model, query, 50, Filters(), exclude=list(exclude)))
+        # then the graph answers 50, none left out, closest first, with the similarities SQL computes
+        assert len(mine) == 50 and not exclude & {i for i, _ in mine}
+        sims = [s for _, s in mine]
+        assert sims == sorted(sims, reverse=True)
+        theirs = {h.item_id: h.score for h in sql}
+        for item_id, sim in mine:
+            if item_id in theirs:
+                assert sim == pytest.approx(theirs[item_id], abs=1e-5)
+        overlaps.append(len(theirs.keys() & {i for i, _ in mine}) / len(theirs))
+    # and (nearly) the same items: both are approximate
+    assert np.mean(overlaps) >= 0.95, overlaps
+
+
+def test_a_re_embedded_row_is_found_where_its_new_embedding_lies(loop, db, indexed):
+    # Given an indexed table, and a held item whose embedding Postgres now holds as another's
+    held = np.flatnonzero(indexed.norms > 0)
+    row, other = int(held[5]), int(held[9])
+    item_id = int(indexed.ids[row])
+    (stored,) = loop.run_until_complete(item_table.rows_of(db, indexed.version, [item_id]))
+    dim = indexed.embeddings.shape[1]
+    re_embedded = list(stored)
+    re_embedded[12] = struct.pack(">HH", dim, 0) + indexed.embeddings[other].astype(">f4").tobytes()
+    # when the row replaces the table's
+    after = indexed.with_rows([tuple(re_embedded)], [], indexed.polled_at_db, time.monotonic())
+    # then the copy scores it by its new embedding, though the graph holds the old one
+    assert after.moved == {row} and not indexed.moved and after.vectors is indexed.vectors
+    near_new = dict(after.nearest(indexed.embeddings[other], 5, 200))
+    assert near_new[item_id] == pytest.approx(1.0, abs=1e-5)
+    near_old = dict(after.nearest(indexed.embeddings[row], 5, 200))
+    assert near_old.get(item_id, 0.0) < 0.999
+    # and the table it was made from still where the old one lies
+    assert dict(indexed.nearest(indexed.embeddings[row], 5, 200))[item_id] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_an_item_embedded_after_the_load_is_a_nearest_neighbour_within_a_look(catalog, triton_url):
+    async def scenario():
+        engine = await Engine.create(gateway_settings(catalog, triton_url))
+        conn = await _connect(catalog.url)
+        try:
+            model = await engine.active_model()
+            # Given an engine whose item table and graph are loaded
+            assert engine.item_table(model) is None
+            await engine._items_load
+            table = engine.item_table(model)
+            assert table.vectors is not None and len(table.vectors) > 0
+            vector = table.embeddings[int(np.flatnonzero(table.norms > 0)[0])] * np.float32(-1)
+            # when an item is added and embedded after the load, far from every item held
+            new_id = (await (await conn.execute(
+                "INSERT INTO items (external_id, title, content_hash) VALUES (%s, 'Reversed hinge', '\\x00') "
+                "RETURNING id", (unique("reversed"),)
+            )).fetchone())[0]
+            try:
+                await conn.execute(
+                    "INSERT INTO item_embeddings (item_id, model_version, content_hash, embedding) "
+                    "VALUES (%s, %s, '\\x00', %s)", (new_id, model.version, vector),
+                )
+                # then within the table's look for changes it is the nearest item to its own vector
+                deadline = time.monotonic() + ITEM_POLL_S + 3
+                while True:
+                    hits = await engine._nearest(model, vector, 10, Filters())
+                    if hits and hits[0].item_id == new_id:
+                        break
+                    assert time.monotonic() < deadline, "the new item never reached nearest-neighbour retrieval"
+                    await asyncio.sleep(0.2)
+                assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+                assert new_id in engine.item_table(model).stale
+                # and a user who has it in their history is not offered it
+                assert new_id not in {h.item_id for h in await engine._nearest(model, vector, 10, Filters(), {new_id})}
+            finally:
+                await conn.execute("DELETE FROM items WHERE id = %s", (new_id,))
+        finally:
+            await conn.close()
             await engine.close()
 
     asyncio.run(scenario())
