@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from core.db import configure_async
 from core.embeddings import EmbeddingModel
 from gateway import item_table, retrieval
-from gateway.engine import ITEM_POLL_S, Engine
+from gateway import engine as engine_module
+from gateway.engine import ITEM_POLL_S, STALE_SCAN_MAX, Engine
 from gateway.model import Filters, Unavailable
 from tests.gateway.conftest import gateway_settings, unique
 
@@ -370,7 +371,12 @@ def test_a_re_embedded_row_is_found_where_its_new_embedding_lies(loop, db, index
     assert dict(indexed.nearest(indexed.embeddings[row], 5, 200))[item_id] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_an_item_embedded_after_the_load_is_a_nearest_neighbour_within_a_look(catalog, triton_url):
+@pytest.mark.parametrize("scan_max", [STALE_SCAN_MAX, 0], ids=["scanned", "read-again"])
+def test_an_item_embedded_after_the_load_is_a_nearest_neighbour_within_a_look(catalog, triton_url, monkeypatch, scan_max):
+    # Few new items are scanned in Postgres beside the graph; more than STALE_SCAN_MAX send the
+    # queries to pgvector and the table (and its graph) is read again.
+    monkeypatch.setattr(engine_module, "STALE_SCAN_MAX", scan_max)
+
     async def scenario():
         engine = await Engine.create(gateway_settings(catalog, triton_url))
         conn = await _connect(catalog.url)
@@ -401,7 +407,15 @@ def test_an_item_embedded_after_the_load_is_a_nearest_neighbour_within_a_look(ca
                     assert time.monotonic() < deadline, "the new item never reached nearest-neighbour retrieval"
                     await asyncio.sleep(0.2)
                 assert hits[0].score == pytest.approx(1.0, abs=1e-5)
-                assert new_id in engine.item_table(model).stale
+                if scan_max:
+                    assert new_id in engine.item_table(model).stale
+                else:
+                    # and the table read again holds it, in its graph too
+                    while new_id not in engine.item_table(model).ids:
+                        assert time.monotonic() < deadline + 30, "the table was not read again"
+                        await asyncio.sleep(0.2)
+                    table = engine.item_table(model)
+                    assert new_id not in table.stale and table.nearest(vector, 1, 200)[0][0] == new_id
                 # and a user who has it in their history is not offered it
                 assert new_id not in {h.item_id for h in await engine._nearest(model, vector, 10, Filters(), {new_id})}
             finally:
