@@ -842,9 +842,13 @@ class Engine:
         if "profile" in facts.sims:
             s.columns["profile_sim"] = facts.sims["profile"]
         if user is not None and user.profile is not None:
-            s.columns["category_affinity"] = np.array(
-                [category_affinity(user.profile, c) for c in facts.categories], dtype=np.float32
-            )
+            # Once per distinct path: a pool's 300 candidates share a few dozen, and 300 lookups
+            # took ~0.7 ms of a Recommend's ~10 ms of CPU (cProfile, 2026-12-08).
+            by_path: dict[tuple[str, ...], float] = {}
+            for path in facts.categories:
+                if path not in by_path:
+                    by_path[path] = category_affinity(user.profile, path)
+            s.columns["category_affinity"] = np.array([by_path[c] for c in facts.categories], dtype=np.float32)
         return s
 
     async def _scores(self, features, budget, timer) -> tuple[np.ndarray, str | None]:
