@@ -842,7 +842,7 @@ class Engine:
         if "profile" in facts.sims:
             s.columns["profile_sim"] = facts.sims["profile"]
         if user is not None and user.profile is not None:
-            # Once per distinct path: a pool's 300 candidates share a few dozen, and 300 lookups
+            # Once per distinct path: a pool's 300 candidates share ~100 (Scientific users), and 300 lookups
             # took ~0.7 ms of a Recommend's ~10 ms of CPU (cProfile, 2026-12-08).
             by_path: dict[tuple[str, ...], float] = {}
             for path in facts.categories:
