@@ -501,7 +501,10 @@ def main(
 
     base = get_settings()
     result: dict = {"machine": machine(), "levels": levels, "requests_per_level": requests, "deadline_s": DEADLINE_S,
-                    "page_size": PAGE_SIZE, "k": K}
+                    "page_size": PAGE_SIZE, "k": K,
+                    # What the gateway holds in memory (AISLE_GATEWAY_ITEM_TABLE, AISLE_GATEWAY_VECTOR_INDEX):
+                    # runs compared across these settings say which they measured.
+                    "gateway_item_table": base.gateway_item_table, "gateway_vector_index": base.gateway_vector_index}
     queries = read_queries()
     with ExitStack() as stack:
         if work_dir is None:
