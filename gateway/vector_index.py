@@ -9,9 +9,9 @@ item table (gateway/item_table.py) already holds every embedding, so an HNSW gra
 ~0.6 ms of the gateway's CPU: on the Home Depot titles, 0.57 ms a query at ef 300 (BREADTH) and
 recall@200 0.979 against an exact scan (/tmp probe, one thread).
 
-The graph is built once per full read of the table (~7 s of one core for 59k items, in a thread:
-faiss releases the GIL, the event loop stalled at most 7.5 ms meanwhile) and never changed
-after: a table's copies share it. Rows whose embedding changed since (``moved``) are dropped
+The graph is built at a full read of the table (~7 s of one core for 59k items, in a thread:
+faiss releases the GIL, the event loop stalled at most 7.5 ms meanwhile), unless the items and
+embeddings read are those it was built over, and never changed after: a table's copies share it. Rows whose embedding changed since (``moved``) are dropped
 from its answers and scored exactly instead; items the table does not hold at all are the
 caller's to look up (``ItemTable.stale``).
 """

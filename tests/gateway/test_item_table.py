@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -425,3 +426,17 @@ def test_an_item_embedded_after_the_load_is_a_nearest_neighbour_within_a_look(ca
             await engine.close()
 
     asyncio.run(scenario())
+
+
+def test_a_full_read_of_an_unchanged_catalog_keeps_its_graph(loop, db, indexed):
+    # Given the catalog read again in full, unchanged since the graph was built
+    at, rows = loop.run_until_complete(item_table.read(db, indexed.version))
+    again = item_table.build(rows, indexed.version, indexed.embeddings.shape[1], at, time.monotonic())
+    # when it is indexed after the table it replaces, then that table's graph serves on
+    assert again.indexed(indexed).vectors is indexed.vectors
+    # but a graph some rows moved away from since, or built over other embeddings, is built anew
+    moved = replace(indexed, moved=frozenset({0}))
+    assert again.indexed(moved).vectors is not indexed.vectors
+    shifted = replace(again, embeddings=again.embeddings[::-1].copy())
+    rebuilt = shifted.indexed(indexed)
+    assert rebuilt.vectors is not indexed.vectors and len(rebuilt.vectors) == len(indexed.vectors)
