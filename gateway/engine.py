@@ -507,6 +507,15 @@ class Engine:
             self._items_load.add_done_callback(self._note_item_table_failure)
         return current if usable else None
 
+    def held_items(self) -> dict[str, int] | None:
+        """What the item table in memory holds now (gateway/metrics.py reads it at each scrape),
+        None before its first load."""
+        table = self._items
+        if table is None:
+            return None
+        return {"held": len(table), "stale": len(table.stale), "moved": len(table.moved),
+                "graph": len(table.vectors) if table.vectors is not None else 0}
+
     def _note_item_table_failure(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
             self._items_failed_at = time.monotonic()

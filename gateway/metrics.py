@@ -14,6 +14,10 @@ and the pipelines':
     aisle_gateway_degraded_total{rpc}                             (answers with degraded=true)
     aisle_gateway_recommend_cache_total{result}                   (hit/miss of plain Recommends)
 
+and, read at each scrape, what the engines hold in memory (gateway/item_table.py):
+
+    aisle_gateway_item_table_items{state}                          (held, stale, moved, graph)
+
 The metrics live in prometheus_client's default registry (with the process collector's CPU and
 memory, which the dashboard also reads); several servers in one process share them.
 """
@@ -23,10 +27,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 
 import grpc
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 
 from gateway.auth import service_of
 
@@ -122,6 +128,37 @@ def observe_ranked(rpc: str, ranked) -> None:
         DEGRADED.labels(rpc).inc()
     if ranked.cache_hit is not None:
         RECOMMEND_CACHE.labels("hit" if ranked.cache_hit else "miss").inc()
+
+
+class HeldItems:
+    """The item tables of the process's engines, read at each scrape: how many items they hold,
+    how many were added since their load (read from Postgres until the next full read), how many
+    were re-embedded since the nearest-neighbour graph was built (scored exactly), and how many
+    the graph holds. Stale or moved items growing toward their limits say a full read is due."""
+
+    STATES = ("held", "stale", "moved", "graph")
+
+    def __init__(self):
+        self._engines: weakref.WeakSet = weakref.WeakSet()
+
+    def watch(self, engine) -> None:
+        self._engines.add(engine)
+
+    def collect(self):
+        family = GaugeMetricFamily(
+            "aisle_gateway_item_table_items", "Items in the gateway's memory, by state.", labels=["state"]
+        )
+        totals = dict.fromkeys(self.STATES, 0)
+        for engine in list(self._engines):
+            for state, count in (engine.held_items() or {}).items():
+                totals[state] += count
+        for state, count in totals.items():
+            family.add_metric([state], count)
+        yield family
+
+
+HELD_ITEMS = HeldItems()
+REGISTRY.register(HELD_ITEMS)
 
 
 class CacheCounters:

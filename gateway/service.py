@@ -262,6 +262,8 @@ class AisleService(aisle_pb2_grpc.AisleServicer):
         self.engine = engine
         self.tokens = tokens or PageTokens()
         self.cache_counters = metrics.CacheCounters(engine.cache) if hasattr(engine, "cache") else None
+        if hasattr(engine, "held_items"):
+            metrics.HELD_ITEMS.watch(engine)
 
     def _observe(self, rpc_name: str, ranked: Ranked) -> None:
         metrics.observe_ranked(rpc_name, ranked)

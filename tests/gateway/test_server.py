@@ -161,17 +161,17 @@ def test_without_api_keys_configured_no_key_is_needed(client):
 
 # --- Metrics ------------------------------------------------------------------------------------
 
-def test_metrics_count_calls_codes_stages_and_the_query_cache(gateway, client):
+def test_metrics_count_calls_codes_stages_and_the_query_cache(gateway, client, catalog):
     before = scrape(gateway.metrics_port)
     query = unique("metrics drill")
     client.search(query, page_size=3)
     client.search(query, page_size=3)  # the same query again: its embedding is cached
     rpc_error(client.search, " ")
     client.recommend("metrics-user", k=3)
-    eventually(lambda: check_metrics(gateway, before))
+    eventually(lambda: check_metrics(gateway, before, catalog))
 
 
-def check_metrics(gateway, before):
+def check_metrics(gateway, before, catalog):
     after = scrape(gateway.metrics_port)
 
     def delta(name, **labels):
@@ -193,6 +193,10 @@ def check_metrics(gateway, before):
     assert degraded in (0, 2)
     # and the process collector the dashboard reads is there
     assert metric(after, "process_resident_memory_bytes") > 0
+    # and what the gateway holds in memory: every item of the catalog, in the table and its graph
+    # (summed over the process's engines, so at least the catalog)
+    assert metric(after, "aisle_gateway_item_table_items", state="held") >= catalog.items
+    assert metric(after, "aisle_gateway_item_table_items", state="graph") > 0
 
 
 # --- Deadlines ----------------------------------------------------------------------------------
