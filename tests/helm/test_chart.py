@@ -809,7 +809,7 @@ def test_grafana_dashboard_shows_gateway_and_triton_metrics(rendered):
     # Then it charts the gateway's gRPC metrics and Triton's queue and compute times
     for metric in ("grpc_server_handled_total", "grpc_server_handling_seconds_bucket", "nv_inference_queue_duration_us",
                    "nv_inference_request_success", "nv_inference_compute_infer_duration_us",
-                   "aisle_gateway_recommend_cache_total", "aisle_gateway_degraded_total"):
+                   "aisle_gateway_recommend_cache_total", "aisle_gateway_degraded_total", "aisle_gateway_item_table_items"):
         assert metric in exprs, metric
     # And it is the file shipped in the chart, unchanged
     assert dashboard == json.loads((CHART / "dashboards" / "aisle.json").read_text())
