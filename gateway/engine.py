@@ -529,9 +529,7 @@ class Engine:
         table = await asyncio.to_thread(item_table.build, rows, model.version, model.dim, loaded_at_db, started)
         del rows
         if self.settings.gateway_vector_index:
-            current = self._items
-            previous = current if current is not None and current.version == model.version else None
-            table = await asyncio.to_thread(table.indexed, previous)
+            table = await asyncio.to_thread(table.indexed, self._items)
         self._items = table
         self._items_failed_at = None
         _settle_heap()

@@ -11,9 +11,10 @@ recall@200 0.979 against an exact scan (/tmp probe, one thread).
 
 The graph is built at a full read of the table (~7 s of one core for 59k items, in a thread:
 faiss releases the GIL, the event loop stalled at most 7.5 ms meanwhile), unless the items and
-embeddings read are those it was built over, and never changed after: a table's copies share it. Rows whose embedding changed since (``moved``) are dropped
-from its answers and scored exactly instead; items the table does not hold at all are the
-caller's to look up (``ItemTable.stale``).
+embeddings read are those it was built over, and never changed after: a table's copies share
+it. Rows whose embedding changed since (``moved``) are dropped from its answers and scored
+exactly instead; items the table does not hold at all are the caller's to look up
+(``ItemTable.stale``).
 """
 
 from __future__ import annotations

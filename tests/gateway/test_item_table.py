@@ -4,6 +4,7 @@ in for, and how the table follows changes, on the gateway test catalog."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 import time
 from dataclasses import replace
@@ -30,6 +31,22 @@ async def _connect(url: str) -> psycopg.AsyncConnection:
     conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
     await configure_async(conn)
     return conn
+
+
+@contextlib.asynccontextmanager
+async def _loaded_engine(catalog, triton_url):
+    """An engine on the test catalog whose item table (and graph) is loaded, a connection to the
+    catalog, and the active model."""
+    engine = await Engine.create(gateway_settings(catalog, triton_url))
+    conn = await _connect(catalog.url)
+    try:
+        model = await engine.active_model()
+        assert engine.item_table(model) is None
+        await engine._items_load
+        yield engine, conn, model
+    finally:
+        await conn.close()
+        await engine.close()
 
 
 async def _model(conn) -> EmbeddingModel:
@@ -185,13 +202,8 @@ def test_rows_read_again_replace_theirs_in_a_copy(loop, db, table):
 
 def test_the_engine_follows_a_changed_item_once_its_table_looks_for_changes(catalog, triton_url):
     async def scenario():
-        engine = await Engine.create(gateway_settings(catalog, triton_url))
-        conn = await _connect(catalog.url)
-        try:
-            model = await engine.active_model()
+        async with _loaded_engine(catalog, triton_url) as (engine, conn, model):
             # Given an engine whose item table is loaded, and an item it holds
-            assert engine.item_table(model) is None
-            await engine._items_load
             item_id, price = (await (await conn.execute(
                 "SELECT id, price::float8 FROM items WHERE external_id = %s", (catalog.brand_item,)
             )).fetchone())
@@ -223,9 +235,6 @@ def test_the_engine_follows_a_changed_item_once_its_table_looks_for_changes(cata
                 assert (await engine._facts([new_id], model)).titles == ["Brass cabinet hinge"]
             finally:
                 await conn.execute("DELETE FROM items WHERE id = %s", (new_id,))
-        finally:
-            await conn.close()
-            await engine.close()
 
     asyncio.run(scenario())
 
@@ -379,13 +388,8 @@ def test_an_item_embedded_after_the_load_is_a_nearest_neighbour_within_a_look(ca
     monkeypatch.setattr(engine_module, "STALE_SCAN_MAX", scan_max)
 
     async def scenario():
-        engine = await Engine.create(gateway_settings(catalog, triton_url))
-        conn = await _connect(catalog.url)
-        try:
-            model = await engine.active_model()
+        async with _loaded_engine(catalog, triton_url) as (engine, conn, model):
             # Given an engine whose item table and graph are loaded
-            assert engine.item_table(model) is None
-            await engine._items_load
             table = engine.item_table(model)
             assert table.vectors is not None and len(table.vectors) > 0
             vector = table.embeddings[int(np.flatnonzero(table.norms > 0)[0])] * np.float32(-1)
@@ -421,9 +425,6 @@ def test_an_item_embedded_after_the_load_is_a_nearest_neighbour_within_a_look(ca
                 assert new_id not in {h.item_id for h in await engine._nearest(model, vector, 10, Filters(), {new_id})}
             finally:
                 await conn.execute("DELETE FROM items WHERE id = %s", (new_id,))
-        finally:
-            await conn.close()
-            await engine.close()
 
     asyncio.run(scenario())
 
