@@ -256,18 +256,61 @@ def _share_present(patterns: set[str], joined: str, starts: np.ndarray, n: int) 
     return present / len(patterns)
 
 
+class _TitleTrigrams:
+    """Each normalised title's distinct trigram codes (sorted uint16), keyed by the padded text.
+
+    Computing the codes was most of `text_columns`: encoding and sorting ~18k trigrams a
+    search. Misses are computed together in one vectorised pass, so a cold call costs what
+    computing every title did before, and a warm one skips it. Holds at most TITLE_CACHE texts
+    (~13 MB for the 59k Home Depot titles); past that, misses are computed each time."""
+
+    def __init__(self) -> None:
+        self._codes: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self._codes)
+
+    def clear(self) -> None:
+        self._codes.clear()
+
+    def of(self, padded: list[str]) -> list[np.ndarray]:
+        known = self._codes
+        found = [known.get(p) for p in padded]
+        missing = list(dict.fromkeys(p for p, codes in zip(padded, found) if codes is None))
+        if missing:
+            computed = dict(zip(missing, _codes_per_text(missing)))
+            room = TITLE_CACHE - len(known)
+            if room > 0:
+                # Single-key stores: readers on another thread never see a half-built dict.
+                for text in missing[:room]:
+                    known[text] = computed[text]
+            found = [computed[p] if codes is None else codes for p, codes in zip(padded, found)]
+        return found
+
+
+def _codes_per_text(padded: list[str]) -> list[np.ndarray]:
+    """Each text's distinct trigram codes, all texts in one pass."""
+    keys = _trigram_keys("\n".join(padded), [len(p) for p in padded])
+    owner, codes = keys >> 16, (keys & 0xFFFF).astype(np.uint16)
+    return np.split(codes, np.searchsorted(owner, np.arange(1, len(padded))))
+
+
+_TITLE_TRIGRAMS = _TitleTrigrams()
+# Every trigram code (39 ** 3 of them): a query's codes become a lookup mask of this size.
+_TRIGRAM_SPACE = 39**3
+
+
 def text_columns(query: str, titles: list[str]) -> dict[str, np.ndarray]:
     """Surface-text matches the stemmed lexemes miss: typos, word order, sizes.
 
-    Trigram Jaccard: every title's trigrams as integer codes, all titles in one vectorised pass
-    over their joined bytes (nothing per title but the cached normalisation). Adjacent pairs
-    (" a b ") and numbers (" 36 ") are substrings of a title's padded text, found by str.find
-    over all titles joined; both equal the set intersections they stand for. A per-title loop
-    of substring tests took ~1.9 ms of the gateway's ~12 ms of CPU per search (py-spy, Search
-    at c=4). On 200 real queries with 300 real Home Depot titles each, in-process: 1.11 ms per
-    call with the title cache warm and 3.42 ms cold before, 0.70 and 1.25 ms this way.
-    (Caching each title's trigram codes instead ran 0.50 ms warm but ~5 ms cold, and every
-    gateway starts cold.)"""
+    Trigram Jaccard: each title's distinct trigram codes (cached per normalised title, misses
+    computed together), looked up in a mask of the query's codes. Adjacent pairs (" a b ") and
+    numbers (" 36 ") are substrings of a title's padded text, found by str.find over all titles
+    joined; both equal the set intersections they stand for. A per-title loop of substring
+    tests took ~1.9 ms of the gateway's ~12 ms of CPU per search (py-spy, Search at c=4). With
+    every title's codes computed on each call, the whole function took 0.74 ms for 300 Home
+    Depot titles (300 dev queries, in-process, caches warm) and was still 14 % of the gateway's
+    CPU in Search at c=4 (py-spy, 2026-12-08); with the codes cached, 0.54 ms."""
     n = len(titles)
     tri = np.zeros(n, dtype=np.float32)
     bigram = np.zeros(n, dtype=np.float32)
@@ -277,19 +320,22 @@ def text_columns(query: str, titles: list[str]) -> dict[str, np.ndarray]:
     q_tokens = _tokens(query)
     q_padded = _padded(query)
     padded = [_padded_title(title) for title in titles]
-    # "\n" never occurs in a padded text, so no trigram or pattern spans two titles.
-    joined = "\n".join(padded)
-    keys = _trigram_keys(joined, [len(p) for p in padded])
-    owner, codes = keys >> 16, keys & 0xFFFF
-    t_count = np.bincount(owner, minlength=n)
-    q_codes = _trigram_keys(q_padded, [len(q_padded)])
+    q_codes = _trigram_keys(q_padded, [len(q_padded)]) & 0xFFFF
     if len(q_codes):
-        shared = np.bincount(owner[np.isin(codes, q_codes)], minlength=n)
+        per_title = _TITLE_TRIGRAMS.of(padded)
+        t_count = np.fromiter(map(len, per_title), dtype=np.int64, count=n)
+        codes = np.concatenate(per_title)
+        owner = np.repeat(np.arange(n), t_count)
+        in_query = np.zeros(_TRIGRAM_SPACE, dtype=bool)
+        in_query[q_codes] = True
+        shared = np.bincount(owner[in_query[codes]], minlength=n)
         union = len(q_codes) + t_count - shared
         np.divide(shared, union, out=tri, where=union > 0, casting="unsafe")
     q_pairs = {f" {a} {b} " for a, b in zip(q_tokens, q_tokens[1:])}
     q_numbers = {f" {t} " for t in q_tokens if any(ch.isdigit() for ch in t)}
     if q_pairs or q_numbers:
+        # "\n" never occurs in a padded text, so no pattern spans two titles.
+        joined = "\n".join(padded)
         starts = np.cumsum([0] + [len(p) + 1 for p in padded[:-1]])
         if q_pairs:
             bigram = _share_present(q_pairs, joined, starts, n)
@@ -333,15 +379,26 @@ def title_head(title: str) -> tuple[str, ...]:
     return tuple(stem(w) for w in _WORD.findall(_HEAD_END.split(title.lower(), maxsplit=1)[0])[-2:])
 
 
+# Titles whose trigram codes are computed together when warming: all 59k at once peaked at
+# ~150 MB of temporary arrays (tracemalloc); 4,096 at a time stay near 12 MB, equally fast.
+WARM_CHUNK = 4096
+
+
 def warm_title_caches(titles: Iterable[str]) -> None:
     """Fill the per-title caches (normalised text, product-type head) ahead of the searches.
     Every gateway starts with them empty, and until its candidates repeated each search paid
     for its 300 titles: in-process, 300 Home Depot queries after 30 of warm-up, the engine
     used 14.4 and 13.7 ms of CPU a search cold against 11.4 and 11.3 warmed (2026-12-06).
-    Warming all 59,052 titles takes 0.65-0.8 s, most of it stemming the 15k distinct words."""
+    Warming all 59,052 titles takes 0.65-0.8 s, most of it stemming the 15k distinct words, and
+    ~0.5 s more for their trigram codes (~14 MB held)."""
+    padded = []
     for title in itertools.islice(titles, TITLE_CACHE):
-        _padded_title(title)
+        padded.append(_padded_title(title))
         title_head(title)
+        if len(padded) == WARM_CHUNK:
+            _TITLE_TRIGRAMS.of(padded)
+            padded = []
+    _TITLE_TRIGRAMS.of(padded)
 
 
 def type_columns(query: str, query_lexemes: list[str], titles: list[str], items: list[list[str]]) -> dict[str, np.ndarray]:

@@ -212,22 +212,48 @@ def test_brand_share_counts_recent_items_of_the_same_brand_case_blind():
     assert brand_share_column(["3M"], [None]).tolist() == [0.0]
 
 
+def _clear_title_caches():
+    from core.features import _TITLE_TRIGRAMS, _padded_title, title_head
+
+    _padded_title.cache_clear()
+    title_head.cache_clear()
+    _TITLE_TRIGRAMS.clear()
+
+
 def test_warmed_title_caches_give_the_same_columns():
-    from core.features import _padded_title, title_head, warm_title_caches
+    from core.features import _TITLE_TRIGRAMS, _padded_title, title_head, warm_title_caches
 
     # Given titles computed cold
     titles = ["DEWALT 20-Volt MAX Cordless Drill with (2) Batteries", "Bosch 18 in. x 1/2 in. Drill Bit, Black",
               "Hampton Bay 36 in. Ceiling Fan in Brushed Nickel"]
-    _padded_title.cache_clear()
-    title_head.cache_clear()
+    _clear_title_caches()
     cold = text_columns("cordless drill 18 in", titles), type_columns("cordless drill", ["cordless", "drill"], titles, [[], [], []])
     # when the caches are warmed first
-    _padded_title.cache_clear()
-    title_head.cache_clear()
+    _clear_title_caches()
     warm_title_caches(titles)
-    assert title_head.cache_info().currsize == len(titles)
+    assert title_head.cache_info().currsize == len(_TITLE_TRIGRAMS) == len(titles)
     warm = text_columns("cordless drill 18 in", titles), type_columns("cordless drill", ["cordless", "drill"], titles, [[], [], []])
     # then the columns are the same, and computing them missed no cache
     for a, b in zip(cold, warm):
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert title_head.cache_info().misses == _padded_title.cache_info().misses == len(titles)
+    assert len(_TITLE_TRIGRAMS) == len(titles)
+
+
+def test_a_full_trigram_cache_still_answers_every_title(monkeypatch):
+    import core.features
+    from core.features import _TITLE_TRIGRAMS
+
+    # Given room for two titles' trigram codes, and four titles, one of them twice
+    titles = ["Cordless Drill", "Drill Bit Set", "Ceiling Fan", "Cordless Drill", "Fan Blade 36 in."]
+    expected = [by_sets("cordless drill 36", t) for t in titles]
+    _clear_title_caches()
+    monkeypatch.setattr(core.features, "TITLE_CACHE", 2)
+    # when the columns are computed twice
+    for _ in range(2):
+        cols = text_columns("cordless drill 36", titles)
+        # then the cache holds two titles, and every title is scored as its set definition says
+        assert len(_TITLE_TRIGRAMS) == 2
+        got = list(zip(cols["trigram_sim"], cols["bigram_match"], cols["number_match"]))
+        assert all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7) for g, e in zip(got, expected) for a, b in zip(g, e))
+    _clear_title_caches()
