@@ -141,6 +141,19 @@ def stop_pid(pid: int, grace: float = 15, sig: int = signal.SIGTERM) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM (kill, a CI job's timeout) raise KeyboardInterrupt in this process, so the
+    `finally` blocks and fixture teardowns that Ctrl-C already runs stop the servers it started.
+    Python's default dies at once, and each server runs in a session of its own
+    (`start_new_session`), so a benchmark stopped with SIGTERM left its `aisle serve` running
+    (2026-12-08). Main thread only, as every signal handler."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def aisle_command(*args: str) -> list[str]:
     """argv running the `aisle` CLI with this interpreter."""
     return [sys.executable, "-m", "aisle.cli", *args]

@@ -24,6 +24,7 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from aisle import processes  # noqa: E402
 from bench.common import homedepot_titles, latency_stats, machine, tree_rss_mb, triton_server, write_result  # noqa: E402
 from core.settings import load_settings  # noqa: E402
 
@@ -113,6 +114,7 @@ def main(
     triton_url: str = typer.Option(None, help="Use this running Triton instead of starting one."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
+    processes.interrupt_on_sigterm()
     from export import artifacts
 
     titles = homedepot_titles(titles_n)

@@ -479,6 +479,7 @@ def main(
     work_dir: Path = typer.Option(None, help="Keep the servers' data and logs (gateway.log, triton.log) here (default: a temporary folder)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
+    processes.interrupt_on_sigterm()
     from core.db import prepare
     from core.embeddings import DEFAULT_VERSION
     from core.settings import get_settings

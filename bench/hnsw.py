@@ -25,6 +25,7 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from aisle import processes  # noqa: E402
 from bench.common import machine, write_result  # noqa: E402
 from core.embeddings import BUILD_MEMORY, HNSW_EF_CONSTRUCTION, HNSW_M  # noqa: E402
 
@@ -73,6 +74,7 @@ def main(
     batch: int = typer.Option(256, min=1, help="Rows per transaction (the embedding job's batch)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
+    processes.interrupt_on_sigterm()
     import pgserver
     import psycopg
     from pgvector.psycopg import register_vector

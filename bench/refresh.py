@@ -82,6 +82,7 @@ def main(
     batch: int = typer.Option(256, help="Items per task (AISLE_EMBEDDING_BATCH)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
+    processes.interrupt_on_sigterm()
     from core.db import prepare
     from core.embeddings import DEFAULT_VERSION
     from workers.app import create_app

@@ -42,6 +42,7 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from aisle import processes  # noqa: E402
 from bench.common import DATA, RESULTS, machine, require, tree_cpu_s, tree_rss_mb, write_result  # noqa: E402
 
 MIX = (("search", 0.7), ("recommend", 0.2), ("track", 0.1))
@@ -288,6 +289,7 @@ def main(
     deadline: float = typer.Option(2.0, min=0.1, help="Deadline of each call, seconds."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
+    processes.interrupt_on_sigterm()
     from aisle import stack
     from core.settings import load_settings
     from workers.app import create_app

@@ -15,6 +15,12 @@ from aisle import processes
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_configure(config):
+    # A CI job's timeout or a kill ends the session as Ctrl-C does: teardowns stop the servers
+    # below, which run in sessions of their own and would otherwise outlive it.
+    processes.interrupt_on_sigterm()
+
+
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("run")
