@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from aisle import processes
 from aisle.commands import api, data, models, report, services, stack
 from aisle.errors import EXIT_USAGE, UserError, console
 from core.settings import ConfigurationError
@@ -32,6 +33,10 @@ app.command()(report.report)
 
 
 def main() -> None:
+    # `timeout`, kill and a CI job's end stop a command as Ctrl-C does: scratch databases are
+    # dropped and half-started stacks taken down. Servers (`serve`, `worker`, `beat`) replace
+    # this with their own graceful SIGTERM.
+    processes.interrupt_on_sigterm()
     try:
         app()
     except (ConfigurationError, UserError) as exc:

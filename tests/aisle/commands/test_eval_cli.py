@@ -148,3 +148,35 @@ def test_search_uses_the_stack_gateway_only_for_the_stack_database(monkeypatch, 
         assert _gateway_of_database() == "10.0.0.1:50051"
     finally:
         get_settings.cache_clear()
+
+
+def test_sigterm_drops_the_scratch_database(files, postgres_server, triton_url, tmp_path):
+    import signal
+    import time
+
+    import psycopg
+
+    def scratch_databases() -> set[str]:
+        with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+            return {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'aisle_eval_%'")}
+
+    # Given `aisle eval recommend` running against the session's Postgres and Triton
+    before = scratch_databases()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AISLE_")}
+    env.update(AISLE_RUN_DIR=str(tmp_path / "run"), AISLE_DATABASE_URL=postgres_server.url, AISLE_TRITON_URL=triton_url)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aisle.cli", "eval", "recommend", "--interactions", str(files["interactions"]),
+         "--test", str(files["interactions"]), "--items", str(files["items"])],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    # when it is sent SIGTERM once its scratch database exists
+    deadline = time.monotonic() + 60
+    while not (created := scratch_databases() - before) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert created, "no scratch database appeared"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    # then it stops without a traceback and drops the database, as on Ctrl-C
+    assert proc.returncode != 0
+    assert "Traceback" not in err, err
+    assert not created & scratch_databases()
