@@ -198,6 +198,8 @@ def test_rows_read_again_replace_theirs_in_a_copy(loop, db, table):
     assert table.facts(ids, Filters(), {}, False)[0].titles == [table.titles[2], table.titles[3]]
     np.testing.assert_array_equal(after.embeddings[:2], table.embeddings[:2])
     assert 10**9 in after.stale and not table.stale
+    # and columns the changed rows left as they were are shared, not copied
+    assert after.embeddings is table.embeddings and after.norms is table.norms
 
 
 def test_the_engine_follows_a_changed_item_once_its_table_looks_for_changes(catalog, triton_url):
@@ -373,6 +375,7 @@ def test_a_re_embedded_row_is_found_where_its_new_embedding_lies(loop, db, index
     after = indexed.with_rows([tuple(re_embedded)], [], indexed.polled_at_db, time.monotonic())
     # then the copy scores it by its new embedding, though the graph holds the old one
     assert after.moved == {row} and not indexed.moved and after.vectors is indexed.vectors
+    assert after.embeddings is not indexed.embeddings
     near_new = dict(after.nearest(indexed.embeddings[other], 5, 200))
     assert near_new[item_id] == pytest.approx(1.0, abs=1e-5)
     near_old = dict(after.nearest(indexed.embeddings[row], 5, 200))
