@@ -53,6 +53,10 @@ class TritonPythonModel:
         self.bucket_rows = int(params.get("bucket_rows", "64"))
         self.call_cost_tokens = int(params.get("bucket_call_cost_tokens", "0"))
 
+        nice = int(params.get("cpu_nice", "0"))
+        if nice:
+            # Before the session: its thread pool's threads inherit this thread's priority.
+            os.nice(nice)
         options = ort.SessionOptions()
         threads = int(params.get("intra_op_threads", "0"))
         if threads:

@@ -231,3 +231,21 @@ def test_the_classify_and_sentiment_ensembles_name_the_model_their_answers_come_
         # and it is rendered into the config Triton serves
         assert WEIGHTS_FINGERPRINT in model_config(specs["classify_product"], target).parameters
     assert classifier != sentiment and len(classifier) == 16
+
+
+def test_bulk_encoders_yield_the_cpu_to_the_gateways_calls_on_the_portable_target_only():
+    from export.spec import BULK_NICE
+
+    # given both targets' repositories
+    portable = {s.name: model_config(s, "portable") for s in repository("portable") if s.kind != "ensemble"}
+    ngc = {s.name: model_config(s, "ngc") for s in repository("ngc") if s.kind != "ensemble"}
+    # then the refresh's encoders run at a lower CPU priority on the portable target ...
+    bulk = [n for n in ("encoder", "product_classifier", "sentiment") if n in portable]
+    assert "encoder" in bulk
+    for name in bulk:
+        assert portable[name].parameters["cpu_nice"].string_value == str(BULK_NICE), name
+    # ... the gateway's per-call models at the default one, and the native backend carries no such setting
+    for name in portable:
+        if name.endswith("_query") or name in ("query_encoder", "ranker"):
+            assert "cpu_nice" not in portable[name].parameters, name
+    assert not any("cpu_nice" in config.parameters for config in ngc.values())
