@@ -83,6 +83,17 @@ class ServerProcess:
             start_new_session=True,
         )
         log.close()
+        try:
+            return self._wait_ready(timeout)
+        except BaseException:
+            # Not ready in time, or interrupted while waiting (Ctrl-C, SIGTERM): the caller never
+            # gets this server to stop, so it goes now (an interrupted `aisle up` left Triton
+            # running, 2026-12-08).
+            self.stop(grace=5)
+            raise
+
+    def _wait_ready(self, timeout: float) -> ServerProcess:
+        assert self.popen is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
@@ -96,7 +107,6 @@ class ServerProcess:
             except Exception:  # noqa: BLE001 - not ready yet, whatever the probe raised
                 pass
             time.sleep(0.2)
-        self.stop(grace=5)
         raise StartError(f"{self.name} not ready after {timeout:.0f}s; log {self.log_path}:\n" + log_tail(self.log_path))
 
     @property

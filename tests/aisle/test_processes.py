@@ -65,3 +65,22 @@ def test_without_it_the_server_outlives_its_parent(tmp_path):
         assert _running(server)
     finally:
         server.kill()
+
+
+def test_a_server_interrupted_before_it_is_ready_is_stopped(tmp_path):
+    import pytest
+
+    from aisle import processes
+
+    def interrupted() -> bool:
+        raise KeyboardInterrupt
+
+    # Given a server whose readiness wait is interrupted (Ctrl-C or SIGTERM during `aisle up`)
+    server = processes.ServerProcess(
+        "sleeper", [sys.executable, "-c", "import time; time.sleep(120)"], tmp_path / "sleeper.log", ready=interrupted,
+    )
+    # when it starts
+    with pytest.raises(KeyboardInterrupt):
+        server.start(timeout=10)
+    # then it is stopped, not left for no one to stop
+    assert server.popen.poll() is not None
