@@ -32,16 +32,25 @@ def with_database(url: str, dbname: str) -> str:
 @contextmanager
 def scratch_database(server_url: str, prefix: str = "aisle_scratch", keep: bool = False) -> Iterator[str]:
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = with_database(server_url, name)
+    created = False
     try:
+        # Created inside the try: an interrupt (Ctrl-C, SIGTERM) right after CREATE DATABASE
+        # commits still drops it.
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            created = True
         prepare(url, DEFAULT_VERSION)
         yield url
     finally:
         if not keep:
-            with psycopg.connect(server_url, autocommit=True) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            try:
+                with psycopg.connect(server_url, autocommit=True) as conn:
+                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            except psycopg.Error:
+                # Where it was never created, the error that stopped it is the one to report.
+                if created:
+                    raise
 
 
 def refresh_all(settings, say=lambda m: None) -> None:

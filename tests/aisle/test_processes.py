@@ -22,8 +22,9 @@ from aisle import processes
 server = processes.ServerProcess(
     "sleeper", [sys.executable, "-c", "import time; time.sleep(120)"], Path(sys.argv[1]), ready=lambda: True,
 ).start(timeout=10)
-print(server.pid, flush=True)
 try:
+    # Inside the try: a signal that arrives once the test has read the pid finds it entered.
+    print(server.pid, flush=True)
     time.sleep(120)
 finally:
     server.stop(grace=5)
