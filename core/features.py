@@ -223,6 +223,8 @@ def _padded_title(title: str) -> str:
 # Normalised texts use 39 byte values (space, a-z, 0-9, ".", "/") plus the "\\n" that joins
 # them: a trigram fits in 16 bits as a base-39 number.
 _SYMBOLS = " abcdefghijklmnopqrstuvwxyz0123456789./\n"
+# "\n" is the last symbol and never in a kept trigram, so the others fit in base 39.
+_BASE = len(_SYMBOLS) - 1
 _SYMBOL_INDEX = np.zeros(256, dtype=np.int32)
 _SYMBOL_INDEX[np.frombuffer(_SYMBOLS.encode("ascii"), dtype=np.uint8)] = np.arange(len(_SYMBOLS))
 _NEWLINE = _SYMBOLS.index("\n")
@@ -234,7 +236,7 @@ def _trigram_keys(joined: str, lengths: list[int]) -> np.ndarray:
     sym = _SYMBOL_INDEX[np.frombuffer(joined.encode("ascii"), dtype=np.uint8)]
     if len(sym) < 3:
         return np.zeros(0, dtype=np.int32)
-    codes = (sym[:-2] * 39 + sym[1:-1]) * 39 + sym[2:]
+    codes = (sym[:-2] * _BASE + sym[1:-1]) * _BASE + sym[2:]
     dtype = np.int32 if len(lengths) < 1 << 15 else np.int64
     owner = np.repeat(np.arange(len(lengths), dtype=dtype), np.asarray(lengths) + 1)[: len(codes)]
     newline = sym == _NEWLINE
@@ -296,8 +298,8 @@ def _codes_per_text(padded: list[str]) -> list[np.ndarray]:
 
 
 _TITLE_TRIGRAMS = _TitleTrigrams()
-# Every trigram code (39 ** 3 of them): a query's codes become a lookup mask of this size.
-_TRIGRAM_SPACE = 39**3
+# Every trigram code: a query's codes become a lookup mask of this size.
+_TRIGRAM_SPACE = _BASE**3
 
 
 def text_columns(query: str, titles: list[str]) -> dict[str, np.ndarray]:

@@ -78,14 +78,14 @@ INTERACTIVE = {"queue_delay_us": 0, "expire_queued": False, "per_call": True}
 BULK_NICE = 10
 
 
-def bulk_session(target: Target) -> dict[str, str]:
-    """The bulk encoders' stub priority where the Python-backend runner reads it."""
-    return {"cpu_nice": str(BULK_NICE)} if target == "portable" else {}
+def runner_session(target: Target, per_call: bool) -> dict[str, str]:
+    """The Python-backend runner's session settings (the native backend reads none): one
+    non-spinning thread for the gateway's per-call models, a lower CPU priority for the bulk ones."""
+    if target != "portable":
+        return {}
+    return dict(PER_CALL_SESSION) if per_call else {"cpu_nice": str(BULK_NICE)}
 
 
-def per_call_session(target: Target) -> dict[str, str]:
-    """PER_CALL_SESSION where the Python-backend runner reads it (the native backend does not)."""
-    return dict(PER_CALL_SESSION) if target == "portable" else {}
 TOP_K_LABELS = 5
 
 
@@ -192,7 +192,7 @@ def encoder(
             "bucket_rows": str(bucket_rows),
             "bucket_call_cost_tokens": str(ENCODER_CALL_COST_TOKENS),
             "length_input": "attention_mask",
-            **(per_call_session(target) if per_call else bulk_session(target)),
+            **runner_session(target, per_call),
         },
         queue_delay_us=queue_delay_us,
         expire_queued=expire_queued,
@@ -403,7 +403,7 @@ def _ranker(target: Target) -> ModelSpec:
         inputs=(Tensor("features", "FP32", (len(FEATURE_NAMES),)),),
         outputs=(Tensor("score", "FP32", (1,)),),
         max_batch_size=1024,
-        parameters=per_call_session(target),
+        parameters=runner_session(target, per_call=True),
         queue_delay_us=0,
         expire_queued=False,
         gpu=False,

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
+from aisle import processes
 from core.settings import REPO_ROOT
 
 # The parent: starts a server in a session of its own, as every ServerProcess does, then waits
@@ -69,10 +71,6 @@ def test_without_it_the_server_outlives_its_parent(tmp_path):
 
 
 def test_a_server_interrupted_before_it_is_ready_is_stopped(tmp_path):
-    import pytest
-
-    from aisle import processes
-
     def interrupted() -> bool:
         raise KeyboardInterrupt
 
